@@ -1,0 +1,266 @@
+"""Integrate: a verified reward program becomes a reward hook in the RL loop.
+
+The hook keeps, for each environment of a vector env, the index of the next sub-task. After every step it runs
+that sub-task's check on the new view; when it is true the hook pays a bonus (once per episode per sub-task)
+and moves on, so sub-tasks count only in order. Shaped reward = environment reward + bonuses.
+
+Two shapings:
+
+* ``bonus``: + `bonus` each time the next sub-task is completed.
+* ``potential``: F = gamma * Phi(s') - Phi(s) with Phi = bonus * (completed sub-tasks [+ progress of the next
+  one, when `use_progress`]) and Phi = 0 at termination; potential-based shaping keeps the optimal policy
+  unchanged (Ng, Harada & Russell, 1999).
+
+Gymnasium 1.x vector envs reset an environment on the step *after* it ended (next-step autoreset): that step
+returns the new episode's first observation with reward 0. The hook pays nothing on it and starts the new
+episode's progress there.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import gymnasium as gym
+import numpy as np
+
+from .program import RewardProgram
+from .views import ViewAdapter, make_view
+
+log = logging.getLogger(__name__)
+
+VIEW_INFO_KEY = "vlmcar_view"
+SHAPINGS = ("bonus", "potential")
+
+
+def advance(check: Callable[[int, Any, Any], bool], k: int, num_subtasks: int, obs: Any, start: Any) -> int:
+    """The progress rule shared by the hook and verification: from next sub-task `k` (0-based), complete sub-tasks
+    in order while their checks hold on `obs`; return the new next index (several may complete in one step)."""
+    while k < num_subtasks and check(k, obs, start):
+        k += 1
+    return k
+
+
+@dataclass
+class EpisodeRecord:
+    """What the hook reports when an episode ends."""
+
+    env_index: int
+    subtasks_completed: int
+    task_completed: bool
+    shaped_return: float
+    env_return: float
+    length: int
+
+
+class _Box:
+    """Keeps a view out of the vector env's info merging (which would split a dict into per-key arrays)."""
+
+    __slots__ = ("view",)
+
+    def __init__(self, view: dict):
+        self.view = view
+
+
+class ViewInfoWrapper(gym.Wrapper):
+    """Puts the reward view into `info["vlmcar_view"]`; needed for AsyncVectorEnv, where the hook cannot reach the
+    sub-environments. Wrap each sub-env with it in `make_env`."""
+
+    def __init__(self, env: gym.Env, view: str = "state"):
+        super().__init__(env)
+        self.adapter = make_view(env, view)
+
+    def reset(self, **kwargs):
+        obs, info = self.env.reset(**kwargs)
+        info[VIEW_INFO_KEY] = _Box(self.adapter.reset())
+        return obs, info
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        info[VIEW_INFO_KEY] = _Box(self.adapter.step())
+        return obs, reward, terminated, truncated, info
+
+
+def check_shaping(shaping: str, use_progress: bool, program: RewardProgram) -> None:
+    """Reject a shaping configuration that cannot work, saying which flag to change."""
+    if shaping not in SHAPINGS:
+        raise ValueError(f"unknown shaping {shaping!r}; choose one of {', '.join(SHAPINGS)}")
+    if use_progress and shaping != "potential":
+        raise ValueError("dense progress (progress_k functions) is used through a potential: pass --shaping potential "
+                         "with --use-progress")
+    if use_progress and not program.has_progress:
+        raise ValueError("--use-progress was asked for, but the program defines no progress_k functions")
+
+
+class EpisodeProgress:
+    """Sub-task progress and shaping of one episode in one environment (used by the hook and the wrapper)."""
+
+    __slots__ = ("program", "bonus_size", "potential", "gamma", "use_progress", "start", "next_subtask", "phi")
+
+    def __init__(self, program: RewardProgram, bonus: float, shaping: str, gamma: float, use_progress: bool):
+        self.program, self.bonus_size, self.gamma, self.use_progress = program, float(bonus), float(gamma), use_progress
+        self.potential = shaping == "potential"
+        self.start: Any = None
+        self.next_subtask = 0
+        self.phi = 0.0
+
+    def _phi(self, k: int, view: Any) -> float:
+        phi = float(k)
+        if self.use_progress and k < self.program.num_subtasks:
+            phi += self.program.progress(k, view, self.start)
+        return self.bonus_size * phi
+
+    def begin(self, view: Any) -> None:
+        """A new episode starts with `view` (no bonus for it)."""
+        self.start, self.next_subtask = view, 0
+        self.phi = self._phi(0, view) if self.potential else 0.0
+
+    def step(self, view: Any, terminated: bool) -> tuple[int, int, float]:
+        """Advance on the view after a step: (previous next sub-task, new next sub-task, bonus)."""
+        k = self.next_subtask
+        new_k = advance(self.program.check, k, self.program.num_subtasks, view, self.start)
+        self.next_subtask = new_k
+        if not self.potential:
+            return k, new_k, self.bonus_size * (new_k - k)
+        phi_next = 0.0 if terminated else self._phi(new_k, view)
+        bonus = self.gamma * phi_next - self.phi
+        self.phi = phi_next
+        return k, new_k, bonus
+
+
+class RewardHook:
+    """The VLM-CaR reward hook for a gymnasium 1.x vector env (SyncVectorEnv or AsyncVectorEnv).
+
+    Usage in a rollout loop::
+
+        hook = RewardHook(program, envs, view="state")
+        next_obs, infos = envs.reset(seed=seed)
+        hook.reset(infos)
+        ...
+        next_obs, reward, terminations, truncations, infos = envs.step(action)
+        reward = hook.step(reward, terminations, truncations, infos)   # env reward + sub-task bonuses
+
+    After each `step`: `env_reward`, `bonus` (arrays over envs), `completed` (envs x sub-tasks, True where a
+    sub-task was completed on this step), `next_subtask`; and `episodes`, the EpisodeRecords of episodes that
+    ended on this step. Checks that raise or return a non-bool count as False and are counted in
+    `check_failures` (the first few are logged).
+    """
+
+    def __init__(self, program: RewardProgram, envs: gym.vector.VectorEnv, view: str = "state", bonus: float = 1.0,
+                 shaping: str = "bonus", gamma: float = 0.99, use_progress: bool = False):
+        check_shaping(shaping, use_progress, program)
+        mode = envs.metadata.get("autoreset_mode", gym.vector.AutoresetMode.NEXT_STEP)
+        if mode not in (gym.vector.AutoresetMode.NEXT_STEP, "NextStep", "next_step"):
+            raise ValueError(f"the reward hook needs gymnasium's default next-step autoreset, not {mode}")
+        self.program, self.num_envs, self.view = program, envs.num_envs, view
+        self.num_subtasks = program.num_subtasks
+        # Sync: adapters on the sub-envs themselves; Async: views arrive through ViewInfoWrapper in `infos`
+        self.adapters: list[ViewAdapter] | None = None
+        if isinstance(envs, gym.vector.SyncVectorEnv):
+            self.adapters = [make_view(env, view) for env in envs.envs]
+        self.progress = [EpisodeProgress(program, bonus, shaping, gamma, use_progress) for _ in range(self.num_envs)]
+        self._autoreset = np.zeros(self.num_envs, dtype=bool)
+        self._shaped_return = np.zeros(self.num_envs)
+        self._env_return = np.zeros(self.num_envs)
+        self._length = np.zeros(self.num_envs, dtype=np.int64)
+        self.env_reward = np.zeros(self.num_envs)
+        self.bonus = np.zeros(self.num_envs)
+        self.completed = np.zeros((self.num_envs, self.num_subtasks), dtype=bool)
+        self.episodes: list[EpisodeRecord] = []
+        self._warned = 0
+
+    @property
+    def next_subtask(self) -> np.ndarray:
+        return np.array([p.next_subtask for p in self.progress])
+
+    @property
+    def check_failures(self) -> int:
+        """Checks that raised or returned a non-bool since the start (each counted as False)."""
+        return self.program.stats.total
+
+    def _views_from_infos(self, infos: dict | None) -> list[Any]:
+        boxes = None if infos is None else infos.get(VIEW_INFO_KEY)
+        if boxes is None:
+            raise ValueError("the reward hook cannot reach the sub-environments of this vector env: wrap each env "
+                             "with cleanrl_vlmcar.integrate.ViewInfoWrapper(env, view) in make_env, or use "
+                             "SyncVectorEnv")
+        return [b.view if b is not None else None for b in boxes]
+
+    def _begin(self, i: int, view: Any) -> None:
+        self.progress[i].begin(view)
+        self._shaped_return[i] = self._env_return[i] = 0.0
+        self._length[i] = 0
+
+    def reset(self, infos: dict | None = None) -> None:
+        """Call after `envs.reset()`: every environment starts a new episode."""
+        views = [a.reset() for a in self.adapters] if self.adapters is not None else self._views_from_infos(infos)
+        for i, view in enumerate(views):
+            self._begin(i, view)
+        self._autoreset[:] = False
+
+    def step(self, reward: np.ndarray, terminations: np.ndarray, truncations: np.ndarray,
+             infos: dict | None = None) -> np.ndarray:
+        """Shaped rewards for one vector step (environment reward + bonuses)."""
+        env_reward = np.asarray(reward, dtype=np.float64)
+        views = None if self.adapters is not None else self._views_from_infos(infos)
+        bonus = np.zeros(self.num_envs)
+        self.completed[:] = False
+        self.episodes = []
+        done = np.logical_or(terminations, truncations)
+        for i in range(self.num_envs):
+            if self.adapters is not None:
+                view = self.adapters[i].reset() if self._autoreset[i] else self.adapters[i].step()
+            else:
+                view = views[i]
+            if self._autoreset[i]:  # the reset step of next-step autoreset: no bonus, progress starts over
+                self._begin(i, view)
+                continue
+            k, new_k, bonus[i] = self.progress[i].step(view, bool(terminations[i]))
+            if new_k > k:
+                self.completed[i, k:new_k] = True
+            self._length[i] += 1
+            self._env_return[i] += env_reward[i]
+            self._shaped_return[i] += env_reward[i] + bonus[i]
+            if done[i]:
+                self.episodes.append(EpisodeRecord(i, new_k, new_k == self.num_subtasks, float(self._shaped_return[i]),
+                                                   float(self._env_return[i]), int(self._length[i])))
+        self._autoreset = done
+        self.env_reward, self.bonus = env_reward, bonus
+        self._log_failures()
+        return (env_reward + bonus).astype(np.float32)
+
+    def _log_failures(self) -> None:
+        total = self.program.stats.total
+        if total > self._warned:
+            if self._warned < 10 or total // 1000 > self._warned // 1000:
+                example = self.program.stats.examples[-1].splitlines()[0] if self.program.stats.examples else ""
+                log.warning("reward program check failed (%d so far; counted as False): %s", total, example)
+            self._warned = total
+
+
+class VLMCaRRewardWrapper(gym.Wrapper):
+    """The reward hook as a plain gymnasium wrapper around one environment, for other RL libraries
+    (Stable-Baselines3, custom loops). `info["vlmcar"]` carries the env reward, bonus and sub-task progress."""
+
+    def __init__(self, env: gym.Env, program: RewardProgram, view: str = "state", bonus: float = 1.0,
+                 shaping: str = "bonus", gamma: float = 0.99, use_progress: bool = False):
+        super().__init__(env)
+        check_shaping(shaping, use_progress, program)
+        self.program, self.view = program, view
+        self.adapter = make_view(env, view)
+        self.progress = EpisodeProgress(program, bonus, shaping, gamma, use_progress)
+
+    def reset(self, **kwargs):
+        obs, info = self.env.reset(**kwargs)
+        self.progress.begin(self.adapter.reset())
+        return obs, info
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        k, new_k, bonus = self.progress.step(self.adapter.step(), bool(terminated))
+        info = dict(info)
+        info["vlmcar"] = {"env_reward": float(reward), "bonus": float(bonus), "subtasks_completed": new_k,
+                          "newly_completed": list(range(k + 1, new_k + 1)),
+                          "task_completed": new_k == self.program.num_subtasks}
+        return obs, float(reward) + bonus, terminated, truncated, info
