@@ -1,0 +1,265 @@
+"""The reward hook: bonuses at the right steps, autoreset, Sync/Async vector envs, shaping, the wrapper, views."""
+
+from pathlib import Path
+
+import gymnasium as gym
+import minigrid  # noqa: F401 - registers the MiniGrid envs
+import numpy as np
+import pytest
+from minigrid.wrappers import FullyObsWrapper
+
+from cleanrl_vlmcar.integrate import RewardHook, ViewInfoWrapper, VLMCaRRewardWrapper, advance
+from cleanrl_vlmcar.program import load_program
+from cleanrl_vlmcar.views import ViewError, all_specs, get_spec, make_view
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV_ID = "MiniGrid-KeyCorridorS3R1-v0"
+# Seed 0 of KeyCorridorS3R1: agent at (3,1) facing down; yellow key (1,1) behind a closed blue door (2,1);
+# locked yellow door (4,1); purple ball (5,1). 0 left, 1 right, 2 forward, 3 pickup, 4 drop, 5 toggle.
+SCRIPT = [1, 5, 2, 3, 0, 0, 2, 5, 0, 0, 2, 4, 0, 0, 2, 2, 3]
+#          1  2  3  4* 5  6  7  8* 9 10 11 12 13 14 15 16 17*   (* = sub-task completed on that step)
+EXPECTED_STEPS = {4: 0, 8: 1, 17: 2}
+
+
+def keycorridor_program():
+    env = gym.make(ENV_ID)
+    constants = get_spec(env, "state").constants()
+    return load_program((ROOT / "examples" / "keycorridor_state.py").read_text(), constants, "keycorridor_state.py")
+
+
+def make_env():
+    return gym.make(ENV_ID)
+
+
+def test_scripted_episode_gets_bonuses_at_expected_steps():
+    program = keycorridor_program()
+    envs = gym.vector.SyncVectorEnv([make_env, make_env])
+    _, infos = envs.reset(seed=[0, 0])
+    hook = RewardHook(program, envs, bonus=0.5)
+    hook.reset(infos)
+    for t, a in enumerate(SCRIPT, start=1):
+        _, reward, term, trunc, infos = envs.step(np.array([a, a]))
+        shaped = hook.step(reward, term, trunc, infos)
+        if t in EXPECTED_STEPS:
+            k = EXPECTED_STEPS[t]
+            assert hook.completed[:, k].all() and hook.completed.sum() == 2, t
+            np.testing.assert_allclose(hook.bonus, [0.5, 0.5])
+        else:
+            assert not hook.completed.any(), t
+            np.testing.assert_allclose(hook.bonus, 0.0)
+        np.testing.assert_allclose(shaped, reward + hook.bonus, rtol=1e-6)
+        np.testing.assert_allclose(hook.env_reward, reward)
+    assert term.all() and (reward > 0).all()
+    assert [(e.env_index, e.subtasks_completed, e.task_completed, e.length) for e in hook.episodes] == \
+        [(0, 3, True, 17), (1, 3, True, 17)]
+    assert hook.episodes[0].shaped_return == pytest.approx(reward[0] + 1.5)
+    assert hook.episodes[0].env_return == pytest.approx(reward[0])
+    # next-step autoreset: the reset step pays nothing and progress starts over
+    _, reward, term, trunc, infos = envs.step(np.array([3, 3]))
+    shaped = hook.step(reward, term, trunc, infos)
+    np.testing.assert_allclose(shaped, 0.0)
+    assert not hook.completed.any() and (hook.next_subtask == 0).all()
+    assert hook.check_failures == 0
+
+
+def test_bonus_paid_once_per_subtask_per_episode():
+    # dropping and picking the key up again must not pay sub-task 1 twice
+    program = keycorridor_program()
+    envs = gym.vector.SyncVectorEnv([make_env])
+    _, infos = envs.reset(seed=0)
+    hook = RewardHook(program, envs)
+    hook.reset(infos)
+    total = 0.0
+    for a in [1, 5, 2, 3, 4, 3, 4, 3]:
+        _, r, te, tr, infos = envs.step(np.array([a]))
+        hook.step(r, te, tr, infos)
+        total += hook.bonus.sum()
+    assert total == 1.0
+
+
+def test_async_vector_env_matches_sync():
+    program = keycorridor_program()
+
+    def wrapped():
+        return ViewInfoWrapper(gym.make(ENV_ID), "state")
+
+    results = []
+    # MiniGrid's Text mission space cannot live in shared memory
+    for make_vec in (gym.vector.SyncVectorEnv, lambda fns: gym.vector.AsyncVectorEnv(fns, shared_memory=False)):
+        envs = make_vec([wrapped, wrapped])
+        _, infos = envs.reset(seed=[0, 0])
+        hook = RewardHook(program, envs)
+        hook.reset(infos)
+        bonuses = []
+        for a in SCRIPT + [0, 1, 2]:
+            _, r, te, tr, infos = envs.step(np.array([a, a]))
+            bonuses.append(hook.step(r, te, tr, infos) - r)
+        envs.close()
+        results.append(np.array(bonuses))
+    np.testing.assert_allclose(results[0], results[1])
+    assert results[0].sum() == pytest.approx(6.0)
+
+
+def test_async_without_view_wrapper_is_a_clear_error():
+    program = keycorridor_program()
+    envs = gym.vector.AsyncVectorEnv([make_env], shared_memory=False)
+    try:
+        _, infos = envs.reset(seed=0)
+        hook = RewardHook(program, envs)
+        with pytest.raises(ValueError, match="ViewInfoWrapper"):
+            hook.reset(infos)
+    finally:
+        envs.close()
+
+
+def test_potential_shaping_values():
+    program = keycorridor_program()
+    gamma, bonus = 0.9, 2.0
+    envs = gym.vector.SyncVectorEnv([make_env])
+    _, infos = envs.reset(seed=0)
+    hook = RewardHook(program, envs, bonus=bonus, shaping="potential", gamma=gamma)
+    hook.reset(infos)
+    completed, got, expected = 0, [], []
+    for t, a in enumerate(SCRIPT, start=1):
+        _, r, te, tr, infos = envs.step(np.array([a]))
+        hook.step(r, te, tr, infos)
+        before = completed
+        completed += t in EXPECTED_STEPS
+        phi_next = 0.0 if te[0] else bonus * completed
+        expected.append(gamma * phi_next - bonus * before)
+        got.append(hook.bonus[0])
+    np.testing.assert_allclose(got, expected)
+    # potential-based shaping telescopes: the undiscounted sum is not the bonus sum
+    assert sum(got) < 3 * bonus
+
+
+def test_progress_potential_uses_progress_functions():
+    source = (
+        "SUBTASKS = ['carry something']\n"
+        "def subtask_1(obs, start):\n    return obs['carrying'] is not None\n"
+        "def progress_1(obs, start):\n    return 1.0 / (1 + abs(obs['agent_pos'][0] - 1))\n"
+    )
+    program = load_program(source)
+    envs = gym.vector.SyncVectorEnv([make_env])
+    _, infos = envs.reset(seed=0)
+    hook = RewardHook(program, envs, shaping="potential", gamma=1.0, use_progress=True)
+    hook.reset(infos)
+    _, r, te, tr, infos = envs.step(np.array([1]))  # turn: position unchanged, no progress change
+    hook.step(r, te, tr, infos)
+    assert hook.bonus[0] == pytest.approx(0.0)
+    for a in [5, 2]:  # open the door, step left to x=2: progress 1/3 -> 1/2
+        _, r, te, tr, infos = envs.step(np.array([a]))
+        hook.step(r, te, tr, infos)
+    assert hook.bonus[0] == pytest.approx(0.5 - 1 / 3)
+
+
+def test_raising_check_counts_and_never_crashes(caplog):
+    program = load_program("SUBTASKS = ['a']\ndef subtask_1(obs, start):\n    return obs['nope']\n")
+    envs = gym.vector.SyncVectorEnv([make_env, make_env])
+    _, infos = envs.reset(seed=0)
+    hook = RewardHook(program, envs)
+    hook.reset(infos)
+    for _ in range(5):
+        _, r, te, tr, infos = envs.step(np.array([0, 0]))
+        shaped = hook.step(r, te, tr, infos)
+        np.testing.assert_allclose(shaped, r)
+    assert hook.check_failures == 10
+    assert "KeyError" in caplog.text
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"shaping": "magic"}, "unknown shaping"),
+    ({"use_progress": True}, "--shaping potential"),
+    ({"use_progress": True, "shaping": "potential"}, "no progress_k"),
+])
+def test_bad_hook_configuration(kwargs, match):
+    envs = gym.vector.SyncVectorEnv([make_env])
+    with pytest.raises(ValueError, match=match):
+        RewardHook(keycorridor_program(), envs, **kwargs)
+
+
+def test_wrapper_matches_hook():
+    program = keycorridor_program()
+    env = VLMCaRRewardWrapper(gym.make(ENV_ID), program, bonus=0.25)
+    env.reset(seed=0)
+    bonuses = []
+    for a in SCRIPT:
+        _, r, te, tr, info = env.step(a)
+        assert r == pytest.approx(info["vlmcar"]["env_reward"] + info["vlmcar"]["bonus"])
+        bonuses.append(info["vlmcar"]["bonus"])
+    assert [t for t, b in enumerate(bonuses, 1) if b] == sorted(EXPECTED_STEPS)
+    assert info["vlmcar"]["task_completed"] and info["vlmcar"]["newly_completed"] == [3]
+    env.reset(seed=1)
+    assert env.progress.next_subtask == 0
+
+
+def test_unsupported_env_and_view_are_clear_errors():
+    with pytest.raises(ViewError, match="supported families"):
+        make_view(gym.make("CartPole-v1"), "state")
+    with pytest.raises(ViewError, match="no 'depth' view"):
+        make_view(gym.make(ENV_ID), "depth")
+    with pytest.raises(ViewError, match="supported families"):
+        VLMCaRRewardWrapper(gym.make("CartPole-v1"), keycorridor_program())
+
+
+@pytest.mark.parametrize("env_id", ["MiniGrid-KeyCorridorS3R1-v0", "MiniGrid-DoorKey-5x5-v0",
+                                    "MiniGrid-UnlockPickup-v0", "MiniGrid-BlockedUnlockPickup-v0",
+                                    "MiniGrid-Dynamic-Obstacles-5x5-v0"])
+def test_incremental_state_view_equals_fully_obs_wrapper(env_id):
+    env = FullyObsWrapper(gym.make(env_id))
+    view = make_view(env, "state")
+    rng = np.random.default_rng(0)
+    obs, _ = env.reset(seed=0)
+    v = view.reset()
+    for t in range(1500):
+        assert (v["grid"] == obs["image"]).all(), t
+        assert v["agent_pos"] == tuple(env.unwrapped.agent_pos) and v["agent_dir"] == env.unwrapped.agent_dir
+        obs, _, te, tr, _ = env.step(int(rng.integers(6)))
+        v = view.step()
+        if te or tr:
+            obs, _ = env.reset(seed=t)
+            v = view.reset()
+
+
+def test_views_are_independent_copies():
+    env = gym.make(ENV_ID)
+    view = make_view(env, "state")
+    env.reset(seed=0)
+    start = view.reset()
+    grid0 = start["grid"].copy()
+    for a in [1, 5, 2, 3]:
+        env.step(a)
+        v = view.step()
+    assert (start["grid"] == grid0).all()
+    assert v["carrying"] == (5, 4) and start["carrying"] is None  # yellow key
+
+
+def test_pixels_view_shape_and_doc():
+    env = gym.make(ENV_ID)
+    env.reset(seed=0)
+    v = make_view(env, "pixels").reset()
+    assert v["rgb"].shape == (3 * 16, 7 * 16, 3) and v["rgb"].dtype == np.uint8
+    assert v["mission"] == "pick up the purple ball"
+    docs = {(s.family, s.view): s.doc() for s in all_specs()}
+    assert set(docs) >= {("minigrid", "state"), ("minigrid", "pixels"), ("panda", "state"), ("panda", "pixels")}
+    assert "`grid`" in docs[("minigrid", "state")] and "OBJECT_TO_IDX" in docs[("minigrid", "state")]
+
+
+def test_panda_state_view_matches_observation():
+    import panda_gym  # noqa: F401
+    env = gym.make("PandaPush-v3")
+    obs, _ = env.reset(seed=0)
+    v = make_view(env, "state").reset()
+    np.testing.assert_allclose(v["ee_pos"], obs["observation"][:3], atol=1e-6)
+    np.testing.assert_allclose(v["object_pos"], obs["observation"][6:9], atol=1e-6)
+    np.testing.assert_allclose(v["goal_pos"], obs["desired_goal"], atol=1e-6)
+    assert "fingers_width" not in v  # Push blocks the gripper
+    assert make_view(env, "pixels").reset()["rgb"].shape == (128, 128, 3)
+    env.close()
+
+
+def test_advance_chains_and_stops_in_order():
+    truth = [True, True, False, True]
+    assert advance(lambda k, o, s: truth[k], 0, 4, None, None) == 2
+    assert advance(lambda k, o, s: truth[k], 3, 4, None, None) == 4
+    assert advance(lambda k, o, s: True, 4, 4, None, None) == 4
