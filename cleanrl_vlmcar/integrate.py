@@ -119,8 +119,12 @@ class EpisodeProgress:
     def step(self, view: Any, terminated: bool) -> tuple[int, int, float]:
         """Advance on the view after a step: (previous next sub-task, new next sub-task, bonus)."""
         k = self.next_subtask
-        new_k = advance(self.program.check, k, self.program.num_subtasks, view, self.start)
-        self.next_subtask = new_k
+        program = self.program
+        if k < program.num_subtasks and program.check(k, view, self.start):
+            new_k = advance(program.check, k + 1, program.num_subtasks, view, self.start)
+            self.next_subtask = new_k
+        else:
+            new_k = k
         if not self.potential:
             return k, new_k, self.bonus_size * (new_k - k)
         phi_next = 0.0 if terminated else self._phi(new_k, view)
@@ -160,10 +164,11 @@ class RewardHook:
         if isinstance(envs, gym.vector.SyncVectorEnv):
             self.adapters = [make_view(env, view) for env in envs.envs]
         self.progress = [EpisodeProgress(program, bonus, shaping, gamma, use_progress) for _ in range(self.num_envs)]
-        self._autoreset = np.zeros(self.num_envs, dtype=bool)
-        self._shaped_return = np.zeros(self.num_envs)
-        self._env_return = np.zeros(self.num_envs)
-        self._length = np.zeros(self.num_envs, dtype=np.int64)
+        self._autoreset = [False] * self.num_envs
+        self._shaped_return = [0.0] * self.num_envs
+        self._env_return = [0.0] * self.num_envs
+        self._length = [0] * self.num_envs
+        self._any_completed = False
         self.env_reward = np.zeros(self.num_envs)
         self.bonus = np.zeros(self.num_envs)
         self.completed = np.zeros((self.num_envs, self.num_subtasks), dtype=bool)
@@ -197,38 +202,46 @@ class RewardHook:
         views = [a.reset() for a in self.adapters] if self.adapters is not None else self._views_from_infos(infos)
         for i, view in enumerate(views):
             self._begin(i, view)
-        self._autoreset[:] = False
+        self._autoreset = [False] * self.num_envs
 
     def step(self, reward: np.ndarray, terminations: np.ndarray, truncations: np.ndarray,
              infos: dict | None = None) -> np.ndarray:
         """Shaped rewards for one vector step (environment reward + bonuses)."""
-        env_reward = np.asarray(reward, dtype=np.float64)
+        # per-env work is plain Python on lists: numpy scalar access would cost more than the checks themselves
+        rewards = np.asarray(reward, dtype=np.float64).tolist()
+        terminated = np.asarray(terminations).tolist()
+        done = np.logical_or(terminations, truncations).tolist()
         views = None if self.adapters is not None else self._views_from_infos(infos)
-        bonus = np.zeros(self.num_envs)
-        self.completed[:] = False
+        bonus = [0.0] * self.num_envs
+        if self._any_completed:
+            self.completed[:] = False
+            self._any_completed = False
         self.episodes = []
-        done = np.logical_or(terminations, truncations)
+        autoreset, adapters = self._autoreset, self.adapters
         for i in range(self.num_envs):
-            if self.adapters is not None:
-                view = self.adapters[i].reset() if self._autoreset[i] else self.adapters[i].step()
+            if adapters is not None:
+                view = adapters[i].reset() if autoreset[i] else adapters[i].step()
             else:
                 view = views[i]
-            if self._autoreset[i]:  # the reset step of next-step autoreset: no bonus, progress starts over
+            if autoreset[i]:  # the reset step of next-step autoreset: no bonus, progress starts over
                 self._begin(i, view)
                 continue
-            k, new_k, bonus[i] = self.progress[i].step(view, bool(terminations[i]))
+            k, new_k, b = self.progress[i].step(view, terminated[i])
+            bonus[i] = b
             if new_k > k:
                 self.completed[i, k:new_k] = True
+                self._any_completed = True
             self._length[i] += 1
-            self._env_return[i] += env_reward[i]
-            self._shaped_return[i] += env_reward[i] + bonus[i]
+            self._env_return[i] += rewards[i]
+            self._shaped_return[i] += rewards[i] + b
             if done[i]:
-                self.episodes.append(EpisodeRecord(i, new_k, new_k == self.num_subtasks, float(self._shaped_return[i]),
-                                                   float(self._env_return[i]), int(self._length[i])))
+                self.episodes.append(EpisodeRecord(i, new_k, new_k == self.num_subtasks, self._shaped_return[i],
+                                                   self._env_return[i], self._length[i]))
         self._autoreset = done
-        self.env_reward, self.bonus = env_reward, bonus
-        self._log_failures()
-        return (env_reward + bonus).astype(np.float32)
+        self.env_reward, self.bonus = np.array(rewards), np.array(bonus)
+        if self.program.stats.total > self._warned:
+            self._log_failures()
+        return (self.env_reward + self.bonus).astype(np.float32)
 
     def _log_failures(self) -> None:
         total = self.program.stats.total

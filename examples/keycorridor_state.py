@@ -20,8 +20,10 @@ def _locked_doors(grid):
 
 
 def subtask_1(obs, start):
-    colours = [c for _, _, c in _locked_doors(start["grid"])]
-    return obs["carrying"] is not None and obs["carrying"][0] == KEY and obs["carrying"][1] in colours
+    carrying = obs["carrying"]
+    if carrying is None or carrying[0] != KEY:  # cheap test first: this check runs on every step
+        return False
+    return carrying[1] in [c for _, _, c in _locked_doors(start["grid"])]
 
 
 def subtask_2(obs, start):
@@ -32,6 +34,8 @@ def subtask_2(obs, start):
 
 
 def subtask_3(obs, start):
+    if obs["carrying"] is None:
+        return False
     words = obs["mission"].split()
     colour, kind = COLOR_TO_IDX[words[-2]], OBJECT_TO_IDX[words[-1]]
     return obs["carrying"] is not None and obs["carrying"][0] == kind and obs["carrying"][1] == colour

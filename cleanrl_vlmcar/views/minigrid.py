@@ -13,7 +13,8 @@ TILE_SIZE = 16
 
 _AGENT = OBJECT_TO_IDX["agent"]
 _RED = COLOR_TO_IDX["red"]
-_EMPTY = np.array([OBJECT_TO_IDX["empty"], 0, 0], dtype=np.uint8)
+_EMPTY = (OBJECT_TO_IDX["empty"], 0, 0)
+_DIRS = [(int(v[0]), int(v[1])) for v in DIR_TO_VEC]
 
 #: minigrid environment classes whose own `step` changes the grid beyond the cell in front of the agent
 _GRID_CHANGING_STEP = {"DynamicObstaclesEnv"}
@@ -34,11 +35,6 @@ def _is_minigrid(unwrapped) -> bool:
     return isinstance(unwrapped, MiniGridEnv)
 
 
-def _carrying(env: MiniGridEnv):
-    c = env.carrying
-    return None if c is None else (OBJECT_TO_IDX[c.type], COLOR_TO_IDX[c.color])
-
-
 class MiniGridStateView(ViewAdapter):
     """The full grid as `minigrid.wrappers.FullyObsWrapper` encodes it, plus the agent's pose and inventory.
 
@@ -57,12 +53,13 @@ class MiniGridStateView(ViewAdapter):
     def _view(self) -> dict:
         env = self.unwrapped
         grid = self._base.copy()
-        x, y = env.agent_pos
-        grid[x, y, 0] = _AGENT
-        grid[x, y, 1] = _RED
-        grid[x, y, 2] = env.agent_dir
-        return {"grid": grid, "agent_pos": (int(x), int(y)), "agent_dir": int(env.agent_dir),
-                "carrying": _carrying(env), "mission": env.mission}
+        x, y = int(env.agent_pos[0]), int(env.agent_pos[1])
+        d = int(env.agent_dir)
+        grid[x, y] = (_AGENT, _RED, d)
+        c = env.carrying
+        return {"grid": grid, "agent_pos": (x, y), "agent_dir": d,
+                "carrying": None if c is None else (OBJECT_TO_IDX[c.type], COLOR_TO_IDX[c.color]),
+                "mission": env.mission}
 
     def reset(self) -> dict:
         self._base = self.unwrapped.grid.encode()
@@ -73,7 +70,8 @@ class MiniGridStateView(ViewAdapter):
         if not self.incremental:
             self._base = env.grid.encode()
             return self._view()
-        fx, fy = env.agent_pos[0] + DIR_TO_VEC[env.agent_dir][0], env.agent_pos[1] + DIR_TO_VEC[env.agent_dir][1]
+        dx, dy = _DIRS[env.agent_dir]
+        fx, fy = env.agent_pos[0] + dx, env.agent_pos[1] + dy
         if 0 <= fx < env.width and 0 <= fy < env.height:
             cell = env.grid.grid[fy * env.width + fx]
             self._base[fx, fy] = _EMPTY if cell is None else cell.encode()
