@@ -95,7 +95,8 @@ _STATE = ViewSpec(
     fields=(
         Field("grid", "np.ndarray (W, H, 3) uint8", "the whole grid indexed `grid[x, y]`, each cell "
               "`(object_idx, color_idx, state)`; x grows to the right, y grows downward; the agent's own cell holds "
-              "`(OBJECT_TO_IDX['agent'], COLOR_TO_IDX['red'], agent_dir)`; an empty cell is `(OBJECT_TO_IDX['empty'], 0, 0)`"),
+              "`(OBJECT_TO_IDX['agent'], COLOR_TO_IDX['red'], agent_dir)`, which hides what lies under the agent (e.g. an "
+              "open door it stands in); an empty cell is `(OBJECT_TO_IDX['empty'], 0, 0)`"),
         Field("agent_pos", "tuple[int, int]", "the agent's cell `(x, y)`"),
         Field("agent_dir", "int", "facing direction: 0 right (+x), 1 down (+y), 2 left (-x), 3 up (-y); "
               "`DIR_TO_VEC[agent_dir]` is the step vector"),

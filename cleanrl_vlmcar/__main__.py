@@ -1,0 +1,141 @@
+"""Command line: `python -m cleanrl_vlmcar {check,verify,synthesize,...}`.
+
+Exit codes: 0 success / passed, 1 the program failed (check or verification), 2 bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError as e:
+        raise ValueError(f"cannot read program file {path}: {e.strerror}") from None
+
+
+def _all_constants() -> dict:
+    from .views import all_specs
+
+    constants: dict = {}
+    for spec in all_specs():
+        constants.update(spec.constants())
+    return constants
+
+
+def cmd_check(args) -> int:
+    from .program import ProgramError, load_program
+
+    source = _read(args.program)
+    if args.env_id:
+        from .trajectories import make_env
+        from .views import get_spec
+
+        constants = get_spec(make_env(args.env_id), args.view).constants()
+    else:
+        constants = _all_constants()
+    try:
+        program = load_program(source, constants, name=args.program)
+    except ProgramError as e:
+        print(e)
+        return 1
+    print(f"{args.program}: OK")
+    print(program.summary())
+    return 0
+
+
+def _add_verify_flags(p: argparse.ArgumentParser) -> None:
+    from .verify import DEFAULT_N, EXPERT_THRESHOLD, RANDOM_THRESHOLD
+
+    p.add_argument("--n", type=int, default=DEFAULT_N, help="expert and random trajectories each (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="first seed of the expert episodes (random: seed + 10000)")
+    p.add_argument("--expert-threshold", type=float, default=EXPERT_THRESHOLD,
+                   help="fraction of expert trajectories that must complete every sub-task (default %(default)s)")
+    p.add_argument("--random-threshold", type=float, default=RANDOM_THRESHOLD,
+                   help="largest fraction of random trajectories allowed to complete the task (default %(default)s)")
+    p.add_argument("--expert-source", choices=["expert", "demos"], default="expert",
+                   help="scripted expert, or your demonstrations (--demos)")
+    p.add_argument("--demos", default=None, help="demonstrations .npz (seeds, lengths, actions)")
+    p.add_argument("--cache-dir", default=None, help="trajectory cache folder (default .vlmcar or $VLMCAR_CACHE)")
+    p.add_argument("--timeout", type=float, default=120.0, help="wall-clock limit of the isolated run, seconds")
+    p.add_argument("--memory-mb", type=int, default=1024, help="memory limit of the isolated run, MB")
+
+
+def cmd_verify(args) -> int:
+    from . import cache
+    from .verify import verify_env
+
+    if args.n < 1:
+        raise ValueError("--n must be at least 1")
+    if args.program:
+        source = _read(args.program)
+    else:
+        found = cache.lookup(args.env_id, args.view, args.reward_cache)
+        if found is None:
+            raise ValueError(f"no cached program for {args.env_id} ({args.view} view) in "
+                             f"{args.reward_cache or cache.DEFAULT_DIR}; pass --program FILE or run "
+                             "`python -m cleanrl_vlmcar synthesize` first")
+        print(f"verifying the cached program {found[0]}")
+        source = found[1]["program"]
+    report = verify_env(source, args.env_id, args.view, n=args.n, seed=args.seed,
+                        expert_threshold=args.expert_threshold, random_threshold=args.random_threshold,
+                        expert_source=args.expert_source, demos=args.demos, cache_dir=args.cache_dir,
+                        timeout_s=args.timeout, memory_mb=args.memory_mb)
+    print(report.to_text())
+    if args.json:
+        Path(args.json).write_text(json.dumps(report.to_dict(), indent=2))
+    return 0 if report.passed else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m cleanrl_vlmcar", description="VLM-CaR: verified reward code.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("check", help="statically check a reward program file and print its sub-tasks")
+    p.add_argument("program", help="the program file (.py)")
+    p.add_argument("--env-id", default=None, help="also load it with this env's view constants")
+    p.add_argument("--view", default="state", help="view of --env-id (default state)")
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("verify", help="verify a program over expert and random trajectories")
+    p.add_argument("--env-id", required=True)
+    p.add_argument("--view", default="state", choices=["state", "pixels"])
+    p.add_argument("--program", default=None, help="program file; default: the cached program for env and view")
+    p.add_argument("--reward-cache", default=None, help="reward cache folder (default: the repo's reward_cache/)")
+    p.add_argument("--json", default=None, help="also write the report as JSON here")
+    _add_verify_flags(p)
+    p.set_defaults(func=cmd_verify)
+
+    try:
+        from .generate import add_synthesize_parser
+    except ImportError:  # pragma: no cover - during development only
+        pass
+    else:
+        add_synthesize_parser(sub, _add_verify_flags)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # noqa: BLE001 - library errors that carry their own advice
+        from .cache import CacheError
+        from .views import ViewError
+
+        if isinstance(e, (CacheError, ViewError)):
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())
