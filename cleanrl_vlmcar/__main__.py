@@ -1,6 +1,7 @@
 """Command line: `python -m cleanrl_vlmcar {check,verify,synthesize,...}`.
 
-Exit codes: 0 success / passed, 1 the program failed (check or verification), 2 bad input.
+Exit codes: 0 success / passed, 1 the program failed (check, verification or synthesis), 2 bad input,
+3 a manual answer is needed (synthesize --vlm manual), 4 the VLM backend failed (rounds so far are saved).
 """
 
 from __future__ import annotations
@@ -61,7 +62,8 @@ def _add_verify_flags(p: argparse.ArgumentParser) -> None:
                    help="scripted expert, or your demonstrations (--demos)")
     p.add_argument("--demos", default=None, help="demonstrations .npz (seeds, lengths, actions)")
     p.add_argument("--cache-dir", default=None, help="trajectory cache folder (default .vlmcar or $VLMCAR_CACHE)")
-    p.add_argument("--timeout", type=float, default=120.0, help="wall-clock limit of the isolated run, seconds")
+    p.add_argument("--verify-timeout", type=float, default=120.0,
+                   help="wall-clock limit of the isolated verification run, seconds")
     p.add_argument("--memory-mb", type=int, default=1024, help="memory limit of the isolated run, MB")
 
 
@@ -84,7 +86,7 @@ def cmd_verify(args) -> int:
     report = verify_env(source, args.env_id, args.view, n=args.n, seed=args.seed,
                         expert_threshold=args.expert_threshold, random_threshold=args.random_threshold,
                         expert_source=args.expert_source, demos=args.demos, cache_dir=args.cache_dir,
-                        timeout_s=args.timeout, memory_mb=args.memory_mb)
+                        timeout_s=args.verify_timeout, memory_mb=args.memory_mb)
     print(report.to_text())
     if args.json:
         Path(args.json).write_text(json.dumps(report.to_dict(), indent=2))
@@ -128,10 +130,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except Exception as e:  # noqa: BLE001 - library errors that carry their own advice
+        from .backends import BackendError
         from .cache import CacheError
+        from .generate import SynthesisError
         from .views import ViewError
 
-        if isinstance(e, (CacheError, ViewError)):
+        if isinstance(e, (CacheError, ViewError, SynthesisError, BackendError)):
             print(f"error: {e}", file=sys.stderr)
             return 2
         raise

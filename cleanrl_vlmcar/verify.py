@@ -222,11 +222,17 @@ def verify_program(source: str, constants: dict, env_id: str, view: str, expert:
     report.recall = tp / int(actual.sum()) if actual.any() else 0.0
 
     # findings
+    first_short = None
     for s in report.subtasks:
         if s.expert_rate < expert_threshold:
-            report.reasons.append(f"sub-task {s.index} ({s.description!r}) was completed in only {s.expert_rate:.0%} of "
-                                  f"expert trajectories (needs {expert_threshold:.0%}); since sub-tasks count only in "
-                                  "order, a sub-task that never fires also blocks every later one")
+            if first_short is None:
+                first_short = s.index
+                report.reasons.append(f"sub-task {s.index} ({s.description!r}) was completed in only "
+                                      f"{s.expert_rate:.0%} of expert trajectories (needs {expert_threshold:.0%})")
+            else:
+                report.reasons.append(f"sub-task {s.index} ({s.description!r}) was completed in only "
+                                      f"{s.expert_rate:.0%} of expert trajectories; sub-tasks count only in order, so "
+                                      f"it may only be blocked by sub-task {first_short}")
     if report.task_random_rate > random_threshold:
         report.reasons.append(f"the whole task was completed in {report.task_random_rate:.0%} of random trajectories "
                               f"(allowed {random_threshold:.0%}): the checks are too easy to satisfy")

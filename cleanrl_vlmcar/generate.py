@@ -1,0 +1,318 @@
+"""Generate: a VLM writes the reward program, verification checks it, failures go back as feedback.
+
+`synthesize()` runs generate -> verify -> feedback for up to R rounds and records every round in the reward cache.
+`reward_program()` is the one call a training script makes at startup: the newest verified program for
+(env id, view) from the cache, or a new synthesis when a backend is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import cache, prompts
+from .backends import BACKEND_NAMES, Backend, BackendError, ManualAnswerNeeded, Prompt, image_to_png, make_backend
+from .program import ProgramError, RewardProgram, extract_program, load_program
+from .trajectories import DEFAULT_CACHE, Trajectory, TrajectoryStore, collect, load_demos, make_env
+from .verify import DEFAULT_N, EXPERT_THRESHOLD, RANDOM_THRESHOLD, VerifyReport, verify_program
+from .views import ViewSpec, family_of, get_spec
+
+DEFAULT_ROUNDS = 3
+
+
+class SynthesisError(RuntimeError):
+    """No verified program could be produced or found; the message says what to do."""
+
+
+def no_program_message(env_id: str, view: str, cache_dir: str | Path | None = None) -> str:
+    where = cache_dir or cache.DEFAULT_DIR
+    return (f"no verified reward program for {env_id} ({view} view) in {where}. Three ways out:\n"
+            f"  --vlm openai --vlm-model MODEL [--vlm-base-url URL]   an OpenAI-compatible endpoint "
+            "(OPENAI_API_KEY / OPENAI_BASE_URL)\n"
+            f"  --vlm hf --vlm-model HUB_ID_OR_PATH                   a local transformers VLM\n"
+            f"  --vlm manual                                          write the prompt to a folder, paste the "
+            "answer back\n"
+            f"(or ahead of training: python -m cleanrl_vlmcar synthesize --env-id {env_id} --view {view} --vlm ...)")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Prompts
+# ----------------------------------------------------------------------------------------------------------
+def task_text(env) -> tuple[str, str]:
+    """The task and a note on how it varies, from the env (MiniGrid mission) or the family's table (panda-gym)."""
+    family = family_of(env)
+    if family == "minigrid":
+        return env.unwrapped.mission, prompts.MINIGRID_TASK_NOTE
+    if family == "panda":
+        name = type(env.unwrapped.task).__name__
+        return prompts.PANDA_TASKS.get(name, name), prompts.PANDA_TASK_NOTE
+    return env.spec.id, ""
+
+
+def prompt_images(expert: Trajectory, view: str) -> list[tuple[str, np.ndarray]]:
+    """Initial and goal frames: the view's own image for pixel views, else full renders of the episode."""
+    views = expert.views[view]
+    if "rgb" in views[0]:
+        first, last = views[0]["rgb"], views[-1]["rgb"]
+    elif len(expert.frames) == 2:
+        first, last = expert.frames
+    else:
+        raise SynthesisError(f"cannot render frames of {expert.env_id} for the prompt")
+    return [("initial frame", np.asarray(first)), ("goal frame (task completed)", np.asarray(last))]
+
+
+def _rules(n: int, expert_threshold: float, random_threshold: float) -> str:
+    return prompts.RULES.format(n=n, expert=expert_threshold, random=random_threshold)
+
+
+def first_prompt(env_id: str, task: str, note: str, spec: ViewSpec, images, n: int = DEFAULT_N,
+                 expert_threshold: float = EXPERT_THRESHOLD, random_threshold: float = RANDOM_THRESHOLD) -> Prompt:
+    text = prompts.FIRST.format(env_id=env_id, task=task, task_note=note, view_doc=spec.doc(),
+                                program_format=prompts.PROGRAM_FORMAT,
+                                rules=_rules(n, expert_threshold, random_threshold))
+    return Prompt(text=text, images=list(images), system=prompts.SYSTEM)
+
+
+def feedback_prompt(env_id: str, task: str, note: str, spec: ViewSpec, images, previous_program: str,
+                    report: VerifyReport, stall_image: np.ndarray | None = None, n: int = DEFAULT_N,
+                    expert_threshold: float = EXPERT_THRESHOLD, random_threshold: float = RANDOM_THRESHOLD) -> Prompt:
+    images = list(images)
+    extra = ""
+    if stall_image is not None:
+        images.append(("frame where the expert had completed the task but your check did not fire", stall_image))
+        extra = " The third image is the frame where your program's progress stalled in an expert episode."
+    text = prompts.FEEDBACK.format(env_id=env_id, task=task, task_note=note, extra_images=extra,
+                                   view_doc=spec.doc(), program_format=prompts.PROGRAM_FORMAT,
+                                   rules=_rules(n, expert_threshold, random_threshold),
+                                   previous_program=previous_program.strip() or "(no program could be read from "
+                                   "your answer)", report=report.to_text())
+    return Prompt(text=text, images=images, system=prompts.SYSTEM)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Synthesis
+# ----------------------------------------------------------------------------------------------------------
+@dataclass
+class SynthesisResult:
+    path: Path
+    entry: dict
+    passed: bool
+    report: VerifyReport | None
+    from_cache: bool
+
+    @property
+    def program(self) -> str:
+        return self.entry["program"]
+
+
+@dataclass
+class SynthesisConfig:
+    rounds: int = DEFAULT_ROUNDS
+    n: int = DEFAULT_N
+    seed: int = 0
+    expert_threshold: float = EXPERT_THRESHOLD
+    random_threshold: float = RANDOM_THRESHOLD
+    expert_source: str = "expert"
+    demos: str | None = None
+    traj_cache: str | Path | None = None
+    reward_cache: str | Path | None = None
+    verify_timeout: float = 120.0
+    memory_mb: int = 1024
+    force: bool = False
+    progress: bool = True
+
+
+def _log(msg: str, progress: bool) -> None:
+    if progress:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def synthesize(env_id: str, view: str, backend: Backend, config: SynthesisConfig | None = None) -> SynthesisResult:
+    """Generate, verify and repair a reward program for (env id, view); every round is kept in the cache entry.
+
+    A finished synthesis with the same content key is returned from the cache without calling the backend. An
+    interrupted one (a backend error, or a manual answer still to be written) is saved as incomplete and resumed
+    from its recorded answers on the next call.
+    """
+    cfg = config or SynthesisConfig()
+    if cfg.rounds < 1:
+        raise ValueError("--rounds must be at least 1")
+    env = make_env(env_id)
+    spec = get_spec(env, view)
+    constants = spec.constants()
+    traj_root = Path(cfg.traj_cache) if cfg.traj_cache else DEFAULT_CACHE
+    store = TrajectoryStore(traj_root / "trajectories")
+    _log(f"collecting {cfg.n} expert and {cfg.n} random trajectories for {env_id} ({view} view)", cfg.progress)
+    if cfg.expert_source == "demos":
+        if not cfg.demos:
+            raise ValueError("--expert-source demos needs --demos FILE.npz")
+        demos = load_demos(cfg.demos, env_id, view, env)
+        expert = [t for t in demos if t.success][: cfg.n]
+        dropped = len(demos) - len([t for t in demos if t.success])
+    else:
+        expert, dropped = collect(env_id, view, "expert", cfg.n, cfg.seed, store, successful_only=True,
+                                  frames=True, progress=cfg.progress, env=env)
+    random, _ = collect(env_id, view, "random", cfg.n, cfg.seed + 10_000, store, progress=cfg.progress, env=env)
+    if not expert:
+        raise SynthesisError(f"no successful expert episode for {env_id}: cannot show a goal frame or verify")
+
+    # the prompt: task text of the first expert episode, its first and last frames
+    env.reset(seed=expert[0].seed)
+    task, note = task_text(env)
+    images = prompt_images(expert[0], view)
+    prompt1 = first_prompt(env_id, task, note, spec, images, cfg.n, cfg.expert_threshold, cfg.random_threshold)
+    settings = {**backend.settings(), "rounds": cfg.rounds, "n": cfg.n, "seed": cfg.seed,
+                "expert_threshold": cfg.expert_threshold, "random_threshold": cfg.random_threshold,
+                "expert_source": cfg.expert_source}
+    key = cache.content_key(env_id, view, prompt1.text, [image_to_png(img) for _, img in images], backend.name,
+                            backend.model, settings)
+    path = cache.entry_path(env_id, view, key, cfg.reward_cache)
+    recorded: list[dict] = []
+    if path.exists():
+        entry = cache.read_entry(path)
+        if entry.get("complete", True) and not cfg.force:
+            _log(f"cache hit: {path}", cfg.progress)
+            report = VerifyReport.from_dict(entry["report"]) if entry.get("report") else None
+            return SynthesisResult(path, entry, bool(entry["passed"]), report, from_cache=True)
+        if not cfg.force:
+            recorded = entry["rounds"]  # resume an interrupted synthesis from its recorded answers
+
+    entry: dict[str, Any] = {
+        "env_id": env_id, "view": view, "backend": backend.name, "model": backend.model, "settings": settings,
+        "key": key, "task": task, "created": cache.now(), "rounds": [], "program": "", "passed": False,
+        "report": None, "complete": False,
+        "expert": {"n": len(expert), "dropped": dropped, "seeds": [t.seed for t in expert]},
+        "random": {"n": len(random), "seeds": [t.seed for t in random]},
+    }
+    prompt, report, program_text = prompt1, None, ""
+    for r in range(1, cfg.rounds + 1):
+        if r > 1:
+            stall = None
+            if report.stall is not None and "rgb" in expert[0].views[view][0]:
+                stalled = next(t for t in expert if t.seed == report.stall.seed)
+                stall = stalled.views[view][report.stall.final_step]["rgb"]
+            prompt = feedback_prompt(env_id, task, note, spec, images, program_text, report, stall, cfg.n,
+                                     cfg.expert_threshold, cfg.random_threshold)
+        if r <= len(recorded) and recorded[r - 1].get("prompt") == prompt.text:
+            answer = recorded[r - 1]["answer"]
+            _log(f"round {r}/{cfg.rounds}: replaying the recorded answer", cfg.progress)
+        else:
+            _log(f"round {r}/{cfg.rounds}: asking {backend.name}{' ' + backend.model if backend.model else ''}",
+                 cfg.progress)
+            try:
+                answer = backend.complete(prompt)
+            except BackendError:
+                if entry["rounds"]:  # nothing is lost: the next call resumes from the recorded rounds
+                    entry["program"] = program_text
+                    entry["report"] = report.to_dict() if report else None
+                    cache.write_entry(entry, path)
+                raise
+        try:
+            program_text = extract_program(answer)
+        except ProgramError as e:
+            program_text = ""
+            report = VerifyReport(env_id, view, False, ["the answer held no usable program"], error=str(e),
+                                  expert_threshold=cfg.expert_threshold, random_threshold=cfg.random_threshold)
+        else:
+            _log(f"round {r}/{cfg.rounds}: verifying", cfg.progress)
+            report = verify_program(program_text, constants, env_id, view, expert, random, dropped,
+                                    cfg.expert_threshold, cfg.random_threshold, cfg.verify_timeout, cfg.memory_mb,
+                                    artifacts_dir=traj_root / "reports")
+        _log(f"round {r}/{cfg.rounds}: {'PASSED' if report.passed else 'FAILED'}", cfg.progress)
+        entry["rounds"].append({"round": r, "prompt": prompt.text, "system": prompt.system,
+                                "images": [caption for caption, _ in prompt.images], "answer": answer,
+                                "program": program_text, "passed": report.passed, "report": report.to_dict(),
+                                "time": cache.now()})
+        if report.passed:
+            break
+    entry.update(program=program_text, passed=bool(report.passed), report=report.to_dict(), complete=True)
+    cache.write_entry(entry, path)
+    return SynthesisResult(path, entry, bool(report.passed), report, from_cache=False)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The startup call of the training scripts
+# ----------------------------------------------------------------------------------------------------------
+def reward_program(env_id: str, view: str = "state", vlm: str | None = None, *, reward_cache: str | Path | None = None,
+                   synthesis: SynthesisConfig | None = None, **backend_kwargs) -> RewardProgram:
+    """The verified reward program for (env id, view): the newest passing cache entry, else a new synthesis with
+    the `vlm` backend ("openai", "hf", "manual"); with neither, SynthesisError naming the three ways out."""
+    env = make_env(env_id)
+    spec = get_spec(env, view)  # clear error for an unsupported family or view, before anything else
+    found = cache.lookup(env_id, view, reward_cache)
+    if found is None:
+        if vlm in (None, "", "cache"):
+            raise SynthesisError(no_program_message(env_id, view, reward_cache))
+        backend = make_backend(vlm, **backend_kwargs)
+        cfg = synthesis or SynthesisConfig()
+        cfg.reward_cache = reward_cache
+        result = synthesize(env_id, view, backend, cfg)
+        if not result.passed:
+            raise SynthesisError(f"no program passed verification after {cfg.rounds} round(s); see {result.path}\n"
+                                 + (result.report.to_text() if result.report else ""))
+        found = (result.path, result.entry)
+    path, entry = found
+    program = load_program(entry["program"], spec.constants(), name=str(path))
+    program.cache_path = path  # type: ignore[attr-defined]
+    return program
+
+
+# ----------------------------------------------------------------------------------------------------------
+# CLI: python -m cleanrl_vlmcar synthesize
+# ----------------------------------------------------------------------------------------------------------
+def add_backend_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--vlm", choices=BACKEND_NAMES, default="cache",
+                   help="openai (OpenAI-compatible endpoint), hf (local transformers VLM), manual (prompt files, "
+                        "paste the answer), cache (replay only)")
+    p.add_argument("--vlm-model", default="", help="model name (openai) or hub id / local path (hf); "
+                                                   "default $VLMCAR_MODEL")
+    p.add_argument("--vlm-base-url", default=None, help="OpenAI-compatible base URL (default $OPENAI_BASE_URL)")
+    p.add_argument("--vlm-api-key", default=None, help="API key (default $OPENAI_API_KEY)")
+    p.add_argument("--vlm-timeout", type=float, default=120.0, help="seconds per VLM request")
+    p.add_argument("--vlm-temperature", type=float, default=0.2)
+    p.add_argument("--vlm-max-tokens", type=int, default=4096)
+    p.add_argument("--vlm-device", default="auto", help="hf backend: auto, cpu or cuda")
+    p.add_argument("--manual-dir", default=str(DEFAULT_CACHE / "manual"), help="manual backend: prompt folder")
+
+
+def backend_from_args(args) -> Backend:
+    return make_backend(args.vlm, model=args.vlm_model, base_url=args.vlm_base_url, api_key=args.vlm_api_key,
+                        timeout=args.vlm_timeout, temperature=args.vlm_temperature, max_tokens=args.vlm_max_tokens,
+                        device=args.vlm_device, manual_dir=args.manual_dir)
+
+
+def cmd_synthesize(args) -> int:
+    backend = backend_from_args(args)
+    cfg = SynthesisConfig(rounds=args.rounds, n=args.n, seed=args.seed, expert_threshold=args.expert_threshold,
+                          random_threshold=args.random_threshold, expert_source=args.expert_source, demos=args.demos,
+                          traj_cache=args.cache_dir, reward_cache=args.reward_cache,
+                          verify_timeout=args.verify_timeout, memory_mb=args.memory_mb, force=args.force)
+    try:
+        result = synthesize(args.env_id, args.view, backend, cfg)
+    except ManualAnswerNeeded as e:
+        print(str(e))
+        return 3
+    except BackendError as e:
+        print(f"error: {e}\n(the rounds so far are saved; re-run the same command to resume)", file=sys.stderr)
+        return 4
+    print(f"reward cache entry: {result.path}{' (cache hit, no model called)' if result.from_cache else ''}")
+    if result.report is not None:
+        print(result.report.to_text())
+    return 0 if result.passed else 1
+
+
+def add_synthesize_parser(sub, add_verify_flags) -> None:
+    p = sub.add_parser("synthesize", help="generate, verify and repair a reward program with a VLM")
+    p.add_argument("--env-id", required=True)
+    p.add_argument("--view", default="state", choices=["state", "pixels"])
+    p.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS, help="generate/feedback rounds (default %(default)s)")
+    p.add_argument("--reward-cache", default=None, help="reward cache folder (default: the repo's reward_cache/)")
+    p.add_argument("--force", action="store_true", help="synthesize again even when the cache has this entry")
+    add_backend_flags(p)
+    add_verify_flags(p)
+    p.set_defaults(func=cmd_synthesize)

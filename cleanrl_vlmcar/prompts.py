@@ -1,0 +1,113 @@
+"""Every prompt template of the generate stage, in one place.
+
+The view documentation comes from the same `ViewSpec` tables that build the views, so what the VLM reads about
+`obs` is what the program receives.
+"""
+
+from __future__ import annotations
+
+SYSTEM = (
+    "You are an expert in reinforcement learning and Python. You write small, fast, deterministic reward-check "
+    "programs that read an environment's observation and decide which sub-tasks of a task are done."
+)
+
+#: task texts for families whose environments carry no mission string
+PANDA_TASKS = {
+    "Reach": "move the robot's gripper (end-effector) to the target position, shown as a small translucent green sphere",
+    "Push": "push the cube across the table to the target position, shown as a translucent green cube; the gripper "
+            "is kept closed, so the cube can only be pushed",
+    "Slide": "slide the puck across the table to the target position, shown as a translucent green disc; the puck is "
+             "struck or pushed by the gripper and slides on",
+    "PickAndPlace": "pick up the cube with the gripper and place it at the target position, shown as a translucent "
+                    "green cube, which may be in the air above the table",
+}
+
+PROGRAM_FORMAT = '''```python
+import numpy as np   # optional: `np` and `math` are provided
+
+SUBTASKS = ["first sub-task", "second sub-task", "the whole task completed"]
+
+def subtask_1(obs, start):
+    """True when sub-task 1 is achieved in the view `obs`; `start` is the view at the episode's first step."""
+    ...
+
+def subtask_2(obs, start): ...
+def subtask_3(obs, start): ...   # the last sub-task is the whole task
+
+def progress_1(obs, start):      # optional, one per sub-task at most: dense progress in [0, 1]
+    ...
+```'''
+
+RULES = """- Define `SUBTASKS` as a literal list of strings and exactly one `subtask_k(obs, start)` per entry, k = 1..K.
+  Optional `progress_k(obs, start)` returns a float in [0, 1]. Helper functions of your own are fine.
+- Each check returns a Python or numpy bool. It must not raise: guard against missing objects.
+- A sub-task counts once, the first time its check is True, and only after all earlier sub-tasks were counted;
+  a check only needs to hold at the step the sub-task is achieved.
+- Checks run on every environment step: keep them fast (microseconds) and test cheap conditions first.
+- Allowed: `np`, `math`, the constants listed with the view, and these builtins: abs, all, any, bool, dict,
+  divmod, enumerate, filter, float, frozenset, int, isinstance, len, list, map, max, min, pow, range, reversed,
+  round, set, slice, sorted, str, sum, tuple, zip. Not allowed: other imports, `while` loops, classes, global or
+  nonlocal, names or strings containing a double underscore, private attributes, eval/exec/open/getattr and
+  other introspection, file input/output (np.load, np.save, .tofile, ...), str.format (use f-strings).
+- The program is verified: over {n} expert episodes every sub-task must be completed (in at least
+  {expert:.0%} of them), and over {n} random-action episodes the whole task may be completed in at most
+  {random:.0%} of them. So the checks must be exact: neither too strict nor too easy."""
+
+FIRST = """# Task
+Write reward code for a reinforcement-learning agent in the environment `{env_id}`.
+
+The task: **{task}**
+{task_note}
+The first image is the initial frame of an episode, the second the frame where an expert has just completed the
+task.
+
+# What to do
+1. Split the task into a short sequence of sub-tasks (usually 2 to 5) in the order an agent must achieve them;
+   the last sub-task is the whole task completed.
+2. Write one check function per sub-task that returns True when the sub-task is achieved.
+
+# What your code reads
+{view_doc}
+
+# Program format
+{program_format}
+
+# Rules
+{rules}
+
+# Answer
+First list the sub-tasks in one line each, then give the whole program in exactly one ```python code block."""
+
+FEEDBACK = """# Task
+Write reward code for a reinforcement-learning agent in the environment `{env_id}`.
+
+The task: **{task}**
+{task_note}
+The first image is the initial frame of an episode, the second the frame where an expert has just completed the
+task.{extra_images}
+
+# What your code reads
+{view_doc}
+
+# Program format
+{program_format}
+
+# Rules
+{rules}
+
+# Your previous program failed verification
+```python
+{previous_program}
+```
+
+## Verification report
+{report}
+
+# Answer
+Find the cause in the report, then give the whole corrected program in exactly one ```python code block."""
+
+MINIGRID_TASK_NOTE = (
+    "This is the mission of this episode. Other episodes have other layouts, colours and objects: read the "
+    "mission from `obs[\"mission\"]` and positions from the observation rather than hard-coding them."
+)
+PANDA_TASK_NOTE = "Positions are random in every episode: read them from the observation, never hard-code them."
