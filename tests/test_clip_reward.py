@@ -297,3 +297,16 @@ def test_fp16_ignored_on_cpu(tiny_clip_dir, frames):
 def test_bad_device_rejected(tiny_clip_dir):
     with pytest.raises(ClipRewardError, match="device"):
         ClipReward(ClipRewardConfig(model=tiny_clip_dir, device="nonsense-device"), mission=MISSION)
+
+
+def test_defaults_documented_values():
+    c = ClipRewardConfig()
+    assert c.model == "openai/clip-vit-base-patch32"
+    assert "{mission}" in c.goal_template and c.negatives == DEFAULT_NEGATIVES and len(c.negatives) >= 3
+    assert (c.temperature, c.threshold, c.mode, c.alpha, c.device, c.fp16) == (0.01, 0.5, "binary", 0.5, "auto", False)
+
+
+def test_truncated_texts_warn(tiny_clip_dir):
+    # the tiny tokenizer is character-level with a 256-token context
+    with pytest.warns(UserWarning, match="truncated"):
+        ClipReward(_cfg(tiny_clip_dir), mission="pick up the purple ball " * 12)

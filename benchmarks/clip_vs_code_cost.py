@@ -1,0 +1,349 @@
+"""Cost of a CLIP reward vs. a code reward, per environment step, on this machine.
+
+CLIP side: a randomly initialised CLIP with ViT-B/32 sizes (vision: hidden 768, 12 layers,
+12 heads, patch 32, image 224; text: hidden 512, 12 layers, 8 heads; projection 512), saved to a
+temporary directory and loaded through ``cleanrl_vlmcar.clip_reward.ClipReward`` exactly as a
+real checkpoint would be.  Random weights cost the same FLOPs as trained ones.  The tokenizer is
+a tiny character-level one made on the spot (its text embeddings are computed once in
+``ClipReward.__init__`` and do not enter the per-frame cost); the text tower therefore gets 256
+positions so the character-level prompts are not truncated.
+
+Frames come from 8 ``MiniGrid-KeyCorridorS3R1-v0`` envs stepped with random actions
+(``env.unwrapped.get_frame(highlight=False, tile_size=16)``, 48x112 RGB).  The CLIP reward is
+timed end to end (pad to square, CLIP image processor, image tower, softmax) batched over the 8
+envs and one frame at a time, with torch's default thread count and again with 1 thread (on a
+small machine shared with other jobs, multi-threaded timings swing widely; the 1-thread rows and
+the min column are the steadier figures; the load average is printed and stored).
+
+Code side: a stand-in check program that reads a dict view ``{"carrying": (type_idx,
+color_idx) | None, "grid": grid.encode() ndarray}`` and returns whether a key is carried and a
+door is open, scanning the grid with numpy.  ``--program FILE`` times FILE instead: a reward
+program in the project's format (e.g. ``examples/keycorridor_state.py``) or plain Python with
+``check(view)``.  Building the view from the env (a full ``grid.encode()``) is timed separately.
+
+Writes a Markdown table to stdout and the rows as JSON to
+``benchmarks/results/clip_vs_code_cost.json``.
+
+    python benchmarks/clip_vs_code_cost.py [--reps 10] [--program FILE] [--out PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import string
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+ENV_ID = "MiniGrid-KeyCorridorS3R1-v0"
+HERE = Path(__file__).resolve().parent
+
+
+# ------------------------------------------------------------------------------ code side
+def builtin_check(view: dict) -> bool:
+    """Stand-in check program: key carried and some door open."""
+    from minigrid.core.constants import OBJECT_TO_IDX, STATE_TO_IDX
+
+    carrying = view["carrying"]
+    has_key = carrying is not None and carrying[0] == OBJECT_TO_IDX["key"]
+    grid = view["grid"]
+    door_open = bool(np.any((grid[..., 0] == OBJECT_TO_IDX["door"]) & (grid[..., 2] == STATE_TO_IDX["open"])))
+    return has_key and door_open
+
+
+def load_program(path: str):
+    """A callable ``fn(view, start)`` from FILE.
+
+    FILE is either the project's reward-program format (``SUBTASKS`` + ``subtask_k(obs, start)``,
+    loaded through ``cleanrl_vlmcar.program.RewardProgram`` with the MiniGrid constants; every
+    sub-task is checked each step, an upper bound on what the reward hook runs) or plain Python
+    defining ``check(view)`` or ``reward(view)``.
+    """
+    source = Path(path).read_text()
+    if "SUBTASKS" in source and "def subtask_1" in source:
+        from minigrid.core.constants import COLOR_TO_IDX, DIR_TO_VEC, OBJECT_TO_IDX, STATE_TO_IDX
+
+        from cleanrl_vlmcar.program import RewardProgram
+
+        constants = {"OBJECT_TO_IDX": dict(OBJECT_TO_IDX), "COLOR_TO_IDX": dict(COLOR_TO_IDX),
+                     "STATE_TO_IDX": dict(STATE_TO_IDX), "DIR_TO_VEC": [tuple(int(x) for x in v) for v in DIR_TO_VEC]}
+        prog = RewardProgram(source, constants=constants, name=path)
+        ks = range(prog.num_subtasks)
+
+        def run(view, start):
+            return [prog.check(k, view, start) for k in ks]
+
+        run.stats = prog.stats  # failures are counted there, not raised
+        return run, f"{os.path.basename(path)} ({prog.num_subtasks} sub-tasks, all checked per step)"
+    spec = importlib.util.spec_from_file_location("bench_program", path)
+    if spec is None or spec.loader is None:
+        raise SystemExit(f"cannot import --program {path!r}")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    for name in ("check", "reward"):
+        fn = getattr(mod, name, None)
+        if callable(fn):
+            return (lambda view, start: fn(view)), os.path.basename(path)
+    raise SystemExit(f"--program {path!r} defines neither SUBTASKS/subtask_k, check(view) nor reward(view)")
+
+
+def make_view(env) -> dict:
+    from minigrid.core.constants import COLOR_TO_IDX, OBJECT_TO_IDX
+
+    u = env.unwrapped
+    c = u.carrying
+    carrying = None if c is None else (OBJECT_TO_IDX[c.type], COLOR_TO_IDX[c.color])
+    return {"carrying": carrying, "grid": u.grid.encode(), "agent_pos": tuple(int(a) for a in u.agent_pos),
+            "agent_dir": int(u.agent_dir), "mission": u.mission}
+
+
+# ------------------------------------------------------------------------------ CLIP side
+def build_vitb32_checkpoint(out_dir: str) -> None:
+    import torch
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
+
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for ch in string.ascii_lowercase + string.digits + string.punctuation:
+        vocab.setdefault(ch, len(vocab))
+        vocab.setdefault(ch + "</w>", len(vocab))
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=[])
+    image_processor = CLIPImageProcessor(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224})
+    config = CLIPConfig(
+        text_config=dict(
+            vocab_size=len(vocab), hidden_size=512, intermediate_size=2048, num_hidden_layers=12,
+            num_attention_heads=8, max_position_embeddings=256,
+            bos_token_id=0, eos_token_id=1, pad_token_id=1,
+        ),
+        vision_config=dict(
+            image_size=224, patch_size=32, hidden_size=768, intermediate_size=3072,
+            num_hidden_layers=12, num_attention_heads=12,
+        ),
+        projection_dim=512,
+    )
+    torch.manual_seed(0)
+    model = CLIPModel(config).eval()
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    image_processor.save_pretrained(out_dir)
+
+
+def timed(fn, reps: int) -> list[float]:
+    out = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def row(name, unit, per_item_samples, batch, notes=""):
+    a = np.asarray(per_item_samples, dtype=np.float64)
+    return {
+        "measurement": name,
+        "batch": batch,
+        "unit": unit,
+        "median": float(np.median(a)),
+        "mean": float(a.mean()),
+        "min": float(a.min()),
+        "samples": int(a.size),
+        "notes": notes,
+    }
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--n-envs", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=16, help="random steps per env to collect frames/views")
+    ap.add_argument("--reps", type=int, default=10, help="timed repetitions of each CLIP measurement")
+    ap.add_argument("--code-calls", type=int, default=20000, help="timed calls of the check program")
+    ap.add_argument("--program", default=None, help="Python file defining check(view) or reward(view)")
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    ap.add_argument("--no-single-thread", action="store_true", help="skip the extra 1-thread CLIP measurement")
+    ap.add_argument("--out", default=str(HERE / "results" / "clip_vs_code_cost.json"))
+    args = ap.parse_args(argv)
+
+    import gymnasium as gym
+    import minigrid  # noqa: F401  (registers the envs)
+    import torch
+    import transformers
+
+    from cleanrl_vlmcar.clip_reward import ClipReward, ClipRewardConfig
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    t_start = time.perf_counter()
+    load_start = os.getloadavg()
+    rows = []
+
+    # ---- environments: frames and views
+    envs = [gym.make(ENV_ID) for _ in range(args.n_envs)]
+    rng = np.random.default_rng(0)
+    starts = []
+    for i, e in enumerate(envs):
+        e.reset(seed=i)
+        e.unwrapped.get_frame(highlight=False, tile_size=16)  # warm the tile cache
+        starts.append(make_view(e))
+    mission = envs[0].unwrapped.mission
+    frames, views, render_s, view_s = [], [], [], []
+    for _ in range(args.steps):
+        step_frames = []
+        for j, e in enumerate(envs):
+            _, _, term, trunc, _ = e.step(int(rng.integers(e.action_space.n)))
+            if term or trunc:
+                e.reset()
+                starts[j] = make_view(e)
+            t0 = time.perf_counter()
+            step_frames.append(e.unwrapped.get_frame(highlight=False, tile_size=16))
+            render_s.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            views.append((make_view(e), starts[j]))
+            view_s.append(time.perf_counter() - t0)
+        frames.append(np.stack(step_frames))
+    fshape = frames[0].shape[1:]
+
+    # ---- CLIP
+    with tempfile.TemporaryDirectory(prefix="clip_vitb32_random_") as ckpt:
+        t0 = time.perf_counter()
+        build_vitb32_checkpoint(ckpt)
+        t_build = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            reward = ClipReward(ClipRewardConfig(model=ckpt, device="cpu"), mission=mission)
+        t_load = time.perf_counter() - t0
+    n_params = sum(p.numel() for p in reward.model.vision_model.parameters()) + reward.model.visual_projection.weight.numel()
+
+    batches = [frames[i % len(frames)] for i in range(args.reps)]
+    ms = 1e3
+    default_threads = torch.get_num_threads()
+    thread_counts = [default_threads] + ([1] if default_threads > 1 and not args.no_single_thread else [])
+    clip_rows = {}
+    for nt in thread_counts:
+        torch.set_num_threads(nt)
+        reward(batches[0])  # warm-up
+        reward(batches[0][:1])
+        it = iter(range(10**9))
+        b_samples = [s / args.n_envs for s in timed(lambda: reward(batches[next(it) % len(batches)]), args.reps)]
+        single = []
+        for b in batches:
+            for f in b:
+                t0 = time.perf_counter()
+                reward(f[None])
+                single.append(time.perf_counter() - t0)
+        tag = f"{nt} thread{'s' if nt > 1 else ''}"
+        clip_rows[(nt, "batched")] = row(f"CLIP ViT-B/32 reward, batched over envs ({tag})", "ms/frame",
+                                         [s * ms for s in b_samples], args.n_envs,
+                                         "end to end: pad + processor + image tower + softmax")
+        clip_rows[(nt, "single")] = row(f"CLIP ViT-B/32 reward, one frame at a time ({tag})", "ms/frame",
+                                        [s * ms for s in single], 1, "")
+    torch.set_num_threads(default_threads)
+    pre_samples = [s / args.n_envs for s in timed(lambda: reward.preprocess(batches[0]), max(3, args.reps // 2))]
+    for nt in thread_counts:
+        rows.append(clip_rows[(nt, "batched")])
+        rows.append(clip_rows[(nt, "single")])
+    rows.append(row("CLIP preprocessing only (pad + CLIP processor)", "ms/frame", [s * ms for s in pre_samples],
+                    args.n_envs, "PIL backend (no torchvision)" if "Pil" in type(reward.image_processor).__name__ else ""))
+    rows.append(row("render frame (get_frame, tile 16)", "ms/frame", [s * ms for s in render_s], 1,
+                    f"{fshape[0]}x{fshape[1]} RGB; needed by CLIP only"))
+
+    # ---- code
+    if args.program:
+        check, prog_name = load_program(args.program)
+    else:
+        check, prog_name = (lambda view, start: builtin_check(view)), "built-in stand-in (key carried and door open)"
+    for v, st in views[:100]:
+        check(v, st)
+    n = args.code_calls
+    chunk = max(1, n // 5)
+    chunks = []
+    for c in range(5):
+        t0 = time.perf_counter()
+        for i in range(chunk):
+            v, st = views[(c * chunk + i) % len(views)]
+            check(v, st)
+        chunks.append((time.perf_counter() - t0) / chunk * 1e6)
+    failures = getattr(check, "stats", None)
+    if failures is not None and failures.total:
+        prog_name += f"; WARNING {failures.total} failing checks"
+        print(f"warning: the program failed {failures.total} checks, e.g. {failures.examples[:1]}")
+    rows.append(row("code check program", "us/step", chunks, 1, prog_name))
+    rows.append(row("  build dict view (grid.encode + carrying)", "us/step", [s * 1e6 for s in view_s], 1,
+                    "full encode each step; the project's MiniGridStateView re-encodes one cell"))
+
+    code_row, view_row = rows[-2], rows[-1]
+    ratios = {}
+    for nt in thread_counts:
+        for kind in ("batched", "single"):
+            r = clip_rows[(nt, kind)]
+            ratios[f"clip_{kind}_{nt}t_over_code_check_median"] = r["median"] * 1e3 / code_row["median"]
+            ratios[f"clip_{kind}_{nt}t_over_code_check_min"] = r["min"] * 1e3 / code_row["min"]
+    ratios[f"clip_batched_{default_threads}t_over_code_check_plus_view_median"] = (
+        clip_rows[(default_threads, "batched")]["median"] * 1e3 / (code_row["median"] + view_row["median"])
+    )
+
+    # ---- report
+    print(f"\nCLIP vs code reward cost on {platform.processor() or platform.machine()}, "
+          f"{os.cpu_count()} CPUs, torch {torch.__version__} (default {default_threads} threads), "
+          f"transformers {transformers.__version__}; env {ENV_ID}, {args.n_envs} envs, mission {mission!r}\n")
+    print("| measurement | batch | median | mean | min | samples | notes |")
+    print("|---|---:|---:|---:|---:|---:|---|")
+    for r in rows:
+        print(f"| {r['measurement']} | {r['batch']} | {r['median']:.3g} {r['unit']} | {r['mean']:.3g} | "
+              f"{r['min']:.3g} | {r['samples']} | {r['notes']} |")
+    print()
+    for nt in thread_counts:
+        for kind in ("batched", "single"):
+            print(f"ratio CLIP ({kind}, {nt} thread{'s' if nt > 1 else ''}) / code check: "
+                  f"{ratios[f'clip_{kind}_{nt}t_over_code_check_median']:,.0f}x (medians), "
+                  f"{ratios[f'clip_{kind}_{nt}t_over_code_check_min']:,.0f}x (minima)")
+    print(f"ratio CLIP (batched, {default_threads} threads) / (code check + building its view): "
+          f"{ratios[f'clip_batched_{default_threads}t_over_code_check_plus_view_median']:,.0f}x (medians)")
+    total = time.perf_counter() - t_start
+    load_end = os.getloadavg()
+    busy = max(load_start[0], load_end[0]) > (os.cpu_count() or 1)
+    print(f"\nload average at start {load_start[0]:.2f}, at end {load_end[0]:.2f} on {os.cpu_count()} CPUs"
+          + (": the machine was busy with other processes, CLIP timings (multi-threaded) are inflated; "
+             "compare the min column or rerun on an idle machine" if busy else ""))
+    print(f"\n(random-weight checkpoint built in {t_build:.1f} s, loaded through ClipReward in {t_load:.1f} s; "
+          f"image tower {n_params / 1e6:.1f} M params; total run {total:.0f} s)")
+
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({
+        "benchmark": "clip_vs_code_cost",
+        "env": ENV_ID,
+        "n_envs": args.n_envs,
+        "mission": mission,
+        "frame_shape": list(map(int, fshape)),
+        "clip_config": "ViT-B/32 sizes, random weights, image 224, fp32, CPU",
+        "clip_image_params_millions": round(n_params / 1e6, 2),
+        "program": prog_name,
+        "rows": rows,
+        "ratios": ratios,
+        "machine": {
+            "platform": platform.platform(),
+            "cpu_count": os.cpu_count(),
+            "torch_threads": default_threads,
+            "python": sys.version.split()[0],
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "numpy": np.__version__,
+            "loadavg_1min_start": load_start[0],
+            "loadavg_1min_end": load_end[0],
+        },
+        "timings_s": {"build_checkpoint": t_build, "load": t_load, "total": total},
+    }, indent=2) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
