@@ -19,6 +19,7 @@ episode's progress there.
 from __future__ import annotations
 
 import logging
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -26,7 +27,7 @@ import gymnasium as gym
 import numpy as np
 
 from .program import RewardProgram
-from .views import ViewAdapter, make_view
+from .views import ViewAdapter, ViewError, make_view
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,7 @@ class EpisodeRecord:
     shaped_return: float
     env_return: float
     length: int
+    success: bool = False  # the environment's own success signal
 
 
 class _Box:
@@ -148,22 +150,28 @@ class RewardHook:
     After each `step`: `env_reward`, `bonus` (arrays over envs), `completed` (envs x sub-tasks, True where a
     sub-task was completed on this step), `next_subtask`; and `episodes`, the EpisodeRecords of episodes that
     ended on this step. Checks that raise or return a non-bool count as False and are counted in
-    `check_failures` (the first few are logged).
+    `check_failures` (the first few are logged). With `program=None` the hook pays nothing and only keeps the
+    episode statistics (the `sparse` variant). With a TensorBoard `writer`, it logs per finished episode
+    `charts/shaped_return`, `charts/success_rate` and `vlmcar/subtask_k_rate` (both over the last `window`
+    episodes), and `vlmcar/check_failures`, at global step = steps taken x num_envs.
     """
 
-    def __init__(self, program: RewardProgram, envs: gym.vector.VectorEnv, view: str = "state", bonus: float = 1.0,
-                 shaping: str = "bonus", gamma: float = 0.99, use_progress: bool = False):
-        check_shaping(shaping, use_progress, program)
+    def __init__(self, program: RewardProgram | None, envs: gym.vector.VectorEnv, view: str = "state",
+                 bonus: float = 1.0, shaping: str = "bonus", gamma: float = 0.99, use_progress: bool = False,
+                 writer=None, window: int = 100):
+        if program is not None:
+            check_shaping(shaping, use_progress, program)
         mode = envs.metadata.get("autoreset_mode", gym.vector.AutoresetMode.NEXT_STEP)
         if mode not in (gym.vector.AutoresetMode.NEXT_STEP, "NextStep", "next_step"):
             raise ValueError(f"the reward hook needs gymnasium's default next-step autoreset, not {mode}")
         self.program, self.num_envs, self.view = program, envs.num_envs, view
-        self.num_subtasks = program.num_subtasks
+        self.num_subtasks = program.num_subtasks if program is not None else 0
         # Sync: adapters on the sub-envs themselves; Async: views arrive through ViewInfoWrapper in `infos`
         self.adapters: list[ViewAdapter] | None = None
-        if isinstance(envs, gym.vector.SyncVectorEnv):
+        if program is not None and isinstance(envs, gym.vector.SyncVectorEnv):
             self.adapters = [make_view(env, view) for env in envs.envs]
-        self.progress = [EpisodeProgress(program, bonus, shaping, gamma, use_progress) for _ in range(self.num_envs)]
+        self.progress = [EpisodeProgress(program, bonus, shaping, gamma, use_progress) for _ in range(self.num_envs)] \
+            if program is not None else []
         self._autoreset = [False] * self.num_envs
         self._shaped_return = [0.0] * self.num_envs
         self._env_return = [0.0] * self.num_envs
@@ -173,16 +181,18 @@ class RewardHook:
         self.bonus = np.zeros(self.num_envs)
         self.completed = np.zeros((self.num_envs, self.num_subtasks), dtype=bool)
         self.episodes: list[EpisodeRecord] = []
+        self.writer, self.global_step = writer, 0
+        self.recent: deque[EpisodeRecord] = deque(maxlen=window)
         self._warned = 0
 
     @property
     def next_subtask(self) -> np.ndarray:
-        return np.array([p.next_subtask for p in self.progress])
+        return np.array([p.next_subtask for p in self.progress], dtype=np.int64)
 
     @property
     def check_failures(self) -> int:
         """Checks that raised or returned a non-bool since the start (each counted as False)."""
-        return self.program.stats.total
+        return self.program.stats.total if self.program is not None else 0
 
     def _views_from_infos(self, infos: dict | None) -> list[Any]:
         boxes = None if infos is None else infos.get(VIEW_INFO_KEY)
@@ -193,13 +203,19 @@ class RewardHook:
         return [b.view if b is not None else None for b in boxes]
 
     def _begin(self, i: int, view: Any) -> None:
-        self.progress[i].begin(view)
+        if self.program is not None:
+            self.progress[i].begin(view)
         self._shaped_return[i] = self._env_return[i] = 0.0
         self._length[i] = 0
 
     def reset(self, infos: dict | None = None) -> None:
         """Call after `envs.reset()`: every environment starts a new episode."""
-        views = [a.reset() for a in self.adapters] if self.adapters is not None else self._views_from_infos(infos)
+        if self.program is None:
+            views = [None] * self.num_envs
+        elif self.adapters is not None:
+            views = [a.reset() for a in self.adapters]
+        else:
+            views = self._views_from_infos(infos)
         for i, view in enumerate(views):
             self._begin(i, view)
         self._autoreset = [False] * self.num_envs
@@ -208,48 +224,84 @@ class RewardHook:
              infos: dict | None = None) -> np.ndarray:
         """Shaped rewards for one vector step (environment reward + bonuses)."""
         # per-env work is plain Python on lists: numpy scalar access would cost more than the checks themselves
+        self.global_step += self.num_envs
         rewards = np.asarray(reward, dtype=np.float64).tolist()
         terminated = np.asarray(terminations).tolist()
         done = np.logical_or(terminations, truncations).tolist()
-        views = None if self.adapters is not None else self._views_from_infos(infos)
+        views = self._views_from_infos(infos) if self.program is not None and self.adapters is None else None
         bonus = [0.0] * self.num_envs
         if self._any_completed:
             self.completed[:] = False
             self._any_completed = False
         self.episodes = []
-        autoreset, adapters = self._autoreset, self.adapters
+        autoreset, adapters, program = self._autoreset, self.adapters, self.program
         for i in range(self.num_envs):
-            if adapters is not None:
-                view = adapters[i].reset() if autoreset[i] else adapters[i].step()
-            else:
-                view = views[i]
+            if program is not None:
+                if adapters is not None:
+                    view = adapters[i].reset() if autoreset[i] else adapters[i].step()
+                else:
+                    view = views[i]
             if autoreset[i]:  # the reset step of next-step autoreset: no bonus, progress starts over
-                self._begin(i, view)
+                self._begin(i, view if program is not None else None)
                 continue
-            k, new_k, b = self.progress[i].step(view, terminated[i])
-            bonus[i] = b
-            if new_k > k:
-                self.completed[i, k:new_k] = True
-                self._any_completed = True
+            if program is not None:
+                k, new_k, b = self.progress[i].step(view, terminated[i])
+                bonus[i] = b
+                if new_k > k:
+                    self.completed[i, k:new_k] = True
+                    self._any_completed = True
             self._length[i] += 1
             self._env_return[i] += rewards[i]
-            self._shaped_return[i] += rewards[i] + b
+            self._shaped_return[i] += rewards[i] + bonus[i]
             if done[i]:
-                self.episodes.append(EpisodeRecord(i, new_k, new_k == self.num_subtasks, self._shaped_return[i],
-                                                   self._env_return[i], self._length[i]))
+                n_done = self.progress[i].next_subtask if program is not None else 0
+                self.episodes.append(EpisodeRecord(
+                    i, n_done, program is not None and n_done == self.num_subtasks, self._shaped_return[i],
+                    self._env_return[i], self._length[i], episode_success(i, rewards[i], terminated[i], infos)))
         self._autoreset = done
         self.env_reward, self.bonus = np.array(rewards), np.array(bonus)
-        if self.program.stats.total > self._warned:
+        if self.episodes:
+            self._record_episodes()
+        if program is not None and program.stats.total > self._warned:
             self._log_failures()
         return (self.env_reward + self.bonus).astype(np.float32)
 
+    def _record_episodes(self) -> None:
+        self.recent.extend(self.episodes)
+        if self.writer is None:
+            return
+        step = self.global_step
+        success = float(np.mean([e.success for e in self.recent]))
+        for e in self.episodes:
+            self.writer.add_scalar("charts/shaped_return", e.shaped_return, step)
+        self.writer.add_scalar("charts/success_rate", success, step)
+        for k in range(self.num_subtasks):
+            rate = float(np.mean([e.subtasks_completed > k for e in self.recent]))
+            self.writer.add_scalar(f"vlmcar/subtask_{k + 1}_rate", rate, step)
+        if self.program is not None:
+            self.writer.add_scalar("vlmcar/check_failures", self.check_failures, step)
+
+    @property
+    def success_rate(self) -> float:
+        """Environment success over the last `window` finished episodes."""
+        return float(np.mean([e.success for e in self.recent])) if self.recent else 0.0
+
     def _log_failures(self) -> None:
         total = self.program.stats.total
-        if total > self._warned:
-            if self._warned < 10 or total // 1000 > self._warned // 1000:
-                example = self.program.stats.examples[-1].splitlines()[0] if self.program.stats.examples else ""
-                log.warning("reward program check failed (%d so far; counted as False): %s", total, example)
-            self._warned = total
+        if self._warned < 10 or total // 1000 > self._warned // 1000:
+            example = self.program.stats.examples[-1].splitlines()[0] if self.program.stats.examples else ""
+            log.warning("reward program check failed (%d so far; counted as False): %s", total, example)
+        self._warned = total
+
+
+def episode_success(i: int, reward: float, terminated: bool, infos: dict | None) -> bool:
+    """The environment's own success for env `i` at the end of an episode: `info["is_success"]` where the env
+    reports it (panda-gym), else termination with a positive reward (MiniGrid)."""
+    if infos and "is_success" in infos:
+        mask = infos.get("_is_success")
+        if mask is None or mask[i]:
+            return bool(infos["is_success"][i])
+    return bool(terminated and reward > 0)
 
 
 class VLMCaRRewardWrapper(gym.Wrapper):
@@ -277,3 +329,43 @@ class VLMCaRRewardWrapper(gym.Wrapper):
                           "newly_completed": list(range(k + 1, new_k + 1)),
                           "task_completed": new_k == self.program.num_subtasks}
         return obs, float(reward) + bonus, terminated, truncated, info
+
+
+REWARDS = ("sparse", "vlmcar", "clip")
+
+
+def make_reward_hook(envs: gym.vector.VectorEnv, args: Any, writer=None, infos: dict | None = None):
+    """The one startup call of the training scripts: a reward hook for `args.reward`, after `envs.reset()`.
+
+    Reads these fields of `args` (missing ones take the defaults shown): reward ("vlmcar"), env_id, view
+    ("state"), vlm (None: the cached verified program only), vlm_model (""), vlm_base_url (None), bonus (1.0),
+    shaping ("bonus"), gamma (0.99), use_progress (False), and for `clip` the clip_* fields. Fails before
+    training, with a message that says what to do, when no verified program exists or the env/view is not
+    supported.
+    """
+    kind = getattr(args, "reward", "vlmcar")
+    if kind not in REWARDS:
+        raise ValueError(f"unknown --reward {kind!r}; choose one of {', '.join(REWARDS)}")
+    if kind == "clip":
+        from .clip_reward import make_clip_hook
+
+        hook = make_clip_hook(envs, args, writer)
+        hook.reset(infos)
+        return hook
+    program = None
+    view = getattr(args, "view", "state")
+    if kind == "vlmcar":
+        from .generate import reward_program
+
+        backend_kwargs = {k: v for k, v in (("model", getattr(args, "vlm_model", "")),
+                                            ("base_url", getattr(args, "vlm_base_url", None))) if v}
+        try:
+            program = reward_program(args.env_id, view, getattr(args, "vlm", None), **backend_kwargs)
+        except ViewError as e:
+            raise ViewError(f"{e} (or train on the environment's own reward with --reward sparse)") from None
+        log.info("VLM-CaR reward program %s:\n%s", getattr(program, "cache_path", ""), program.summary())
+    hook = RewardHook(program, envs, view=view, bonus=getattr(args, "bonus", 1.0),
+                      shaping=getattr(args, "shaping", "bonus"), gamma=getattr(args, "gamma", 0.99),
+                      use_progress=getattr(args, "use_progress", False), writer=writer)
+    hook.reset(infos)
+    return hook
