@@ -1,0 +1,94 @@
+"""ppo_vlmcar.py end to end with tiny budgets (as CleanRL's own tests do): tags, reward variants, failures."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = str(ROOT / "ppo_vlmcar.py")
+TINY = ["--num-envs", "2", "--num-steps", "128", "--total-timesteps", "1024", "--update-epochs", "1"]
+
+
+def run(args, cwd, env=None, timeout=300):
+    return subprocess.run([sys.executable, SCRIPT, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+def scalars(run_dir: Path) -> dict[str, list[float]]:
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {tag: [e.value for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def only_run(cwd: Path) -> Path:
+    runs = list((cwd / "runs").iterdir())
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+@pytest.mark.parametrize("reward", ["sparse", "vlmcar"])
+def test_minigrid_runs_and_logs_tags(tmp_path, reward):
+    # a bonus-friendly env: KeyCorridorS3R1's key is next to the agent, random agents pick it up often
+    r = run(["--env-id", "MiniGrid-KeyCorridorS3R1-v0", "--reward", reward, "--seed", "3", *TINY], tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    run_dir = only_run(tmp_path)
+    assert f"__ppo_vlmcar-{reward}__3__" in run_dir.name
+    tags = scalars(run_dir)
+    for tag in ["charts/episodic_return", "charts/episodic_length", "charts/SPS", "charts/learning_rate",
+                "losses/value_loss", "losses/policy_loss", "losses/entropy", "losses/approx_kl",
+                "charts/shaped_return", "charts/success_rate"]:
+        assert tag in tags, (tag, sorted(tags))
+    assert len(tags["charts/episodic_return"]) == len(tags["charts/shaped_return"])
+    if reward == "vlmcar":
+        for k in (1, 2, 3):
+            assert f"vlmcar/subtask_{k}_rate" in tags
+        # bonuses were paid: shaped returns exceed the environment's own returns
+        diffs = [s - e for s, e in zip(tags["charts/shaped_return"], tags["charts/episodic_return"])]
+        assert max(diffs) >= 1.0 - 1e-6
+        assert tags["vlmcar/subtask_1_rate"][-1] > 0
+    else:
+        assert not any(t.startswith("vlmcar/") for t in tags)
+        for s, e in zip(tags["charts/shaped_return"], tags["charts/episodic_return"]):
+            assert s == pytest.approx(e, abs=1e-5)
+
+
+def test_cartpole_sparse_and_save_model(tmp_path):
+    import numpy as np
+    import torch
+
+    r = run(["--env-id", "CartPole-v1", "--reward", "sparse", "--save-model", *TINY], tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    run_dir = only_run(tmp_path)
+    assert (run_dir / "ppo_vlmcar.cleanrl_model").exists()
+    policy = torch.jit.load(str(run_dir / "policy.pt"))
+    logits = policy(torch.zeros(1, 4))
+    assert logits.shape == (1, 2) and np.isfinite(logits.detach().numpy()).all()
+    assert "charts/episodic_return" in scalars(run_dir)
+
+
+def test_vlmcar_on_unsupported_env_says_use_sparse(tmp_path):
+    r = run(["--env-id", "CartPole-v1", *TINY], tmp_path)
+    assert r.returncode != 0
+    assert "--reward sparse" in r.stderr and "supported families" in r.stderr
+
+
+def test_missing_cached_program_names_the_ways_out(tmp_path):
+    empty = tmp_path / "empty_cache"
+    empty.mkdir()
+    r = run(["--env-id", "MiniGrid-DoorKey-5x5-v0", *TINY], tmp_path, env={"VLMCAR_REWARD_CACHE": str(empty)})
+    assert r.returncode != 0
+    for way in ("--vlm openai", "--vlm hf", "--vlm manual"):
+        assert way in r.stderr
+
+
+def test_bad_flags_and_env_ids(tmp_path):
+    r = run(["--reward", "magic", *TINY], tmp_path)
+    assert r.returncode != 0 and "magic" in r.stderr
+    r = run(["--env-id", "MiniGrid-NoSuchEnv-v0", "--reward", "sparse", *TINY], tmp_path)
+    assert r.returncode != 0 and "NoSuchEnv" in r.stderr
+    r = run(["--view", "depth", *TINY], tmp_path)
+    assert r.returncode != 0 and "depth" in r.stderr
