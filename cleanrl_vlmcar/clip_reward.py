@@ -51,12 +51,16 @@ when the hub is unreachable: the error names the id and says to pass a local che
 
 from __future__ import annotations
 
+import copy
+
 import os
 import re
 import warnings
 from dataclasses import dataclass
 
 import numpy as np
+
+from .integrate import RewardHook
 
 __all__ = [
     "DEFAULT_NEGATIVES",
@@ -256,6 +260,12 @@ class ClipReward:
         model, self.tokenizer, self.image_processor = _load_components(config.model)
         self.model = model.to(device=self.device, dtype=self.dtype).eval()
 
+        self._set_mission(mission)
+
+    def _set_mission(self, mission: str) -> None:
+        """Goal and negative texts for `mission`, and their embeddings (computed once per mission)."""
+        config = self.config
+        self.mission = mission
         goal_key = _norm_text(mission)
         negs: list[str] = []
         seen = {goal_key}
@@ -290,6 +300,29 @@ class ClipReward:
             d = diff / norm
             dim = d.shape[0]
             self.projection = config.alpha * np.outer(d, d) + (1.0 - config.alpha) * np.eye(dim)
+
+    def for_mission(self, mission: str) -> "ClipReward":
+        """The same model with the goal text of another mission (MiniGrid missions vary per episode)."""
+        other = copy.copy(self)
+        other._set_mission(mission)
+        return other
+
+    def rewards_from_embeddings(self, x: np.ndarray) -> tuple[np.ndarray, dict]:
+        """Rewards and stats from image embeddings `x` (N, D) computed by `embed_frames`."""
+        cos, p = self._probs(x)
+        p_goal = p[:, 0]
+        stats = {
+            "p_goal": p_goal,
+            "cos_goal": cos[:, 0],
+            "cos_best_negative": cos[:, 1:].max(axis=1),
+        }
+        if self.config.mode == "binary":
+            rewards = (p_goal > self.config.threshold).astype(np.float32)
+        else:
+            proj = (x - self.goal_embed) @ self.projection
+            rewards = (1.0 - 0.5 * np.sum(proj * proj, axis=1)).astype(np.float32)
+            stats["cos_baseline"] = x @ self.baseline_embed
+        return rewards, stats
 
     # -- embeddings ---------------------------------------------------------------------
     def embed_texts(self, texts: list[str]) -> np.ndarray:
@@ -358,21 +391,7 @@ class ClipReward:
         stats: ``p_goal``, ``cos_goal`` (cosine with the goal text), ``cos_best_negative``,
         and in vlmrm mode ``cos_baseline``.
         """
-        x = self.embed_frames(frames)
-        cos, p = self._probs(x)
-        p_goal = p[:, 0]
-        stats = {
-            "p_goal": p_goal,
-            "cos_goal": cos[:, 0],
-            "cos_best_negative": cos[:, 1:].max(axis=1),
-        }
-        if self.config.mode == "binary":
-            rewards = (p_goal > self.config.threshold).astype(np.float32)
-        else:
-            proj = (x - self.goal_embed) @ self.projection
-            rewards = (1.0 - 0.5 * np.sum(proj * proj, axis=1)).astype(np.float32)
-            stats["cos_baseline"] = x @ self.baseline_embed
-        return rewards, stats
+        return self.rewards_from_embeddings(self.embed_frames(frames))
 
     def __repr__(self) -> str:
         c = self.config
@@ -381,3 +400,108 @@ class ClipReward:
             f"n_negatives={len(self.negative_texts)}, temperature={c.temperature}, "
             f"threshold={c.threshold}, alpha={c.alpha}, device={self.device})"
         )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The CLIP reward as a hook for the training scripts (the `clip` variant of --reward)
+# ----------------------------------------------------------------------------------------------------------
+#: goal templates and negatives by environment family, used when the flags leave them unset
+FAMILY_DEFAULTS = {
+    "panda": {
+        "goal_template": "a robot arm on a table that has completed the task: {mission}",
+        "negatives": ("the robot arm is idle and the object is far from the target",
+                      "the robot arm is moving away from the object", "the object fell off the table"),
+        "baseline": "a robot arm on a table",
+    },
+}
+
+
+def make_clip_hook(envs, args, writer=None) -> "ClipRewardHook":
+    """A reward hook whose reward is the CLIP reward of each env's rendered frame (one batched forward pass per
+    vector step); the environment's own return and success are still logged. Reads args.clip_* fields."""
+    import gymnasium as gym
+
+    from .views import family_of
+
+    if not isinstance(envs, gym.vector.SyncVectorEnv):
+        raise ValueError("--reward clip renders each sub-environment: use SyncVectorEnv")
+    defaults = FAMILY_DEFAULTS.get(family_of(envs.envs[0]), {})
+    base = ClipRewardConfig()
+    config = ClipRewardConfig(
+        model=getattr(args, "clip_model", base.model),
+        goal_template=getattr(args, "clip_template", None) or defaults.get("goal_template", base.goal_template),
+        negatives=tuple(getattr(args, "clip_negatives", None) or defaults.get("negatives", base.negatives)),
+        temperature=getattr(args, "clip_temperature", base.temperature),
+        threshold=getattr(args, "clip_threshold", base.threshold),
+        mode=getattr(args, "clip_mode", base.mode),
+        baseline=defaults.get("baseline", base.baseline),
+        alpha=getattr(args, "clip_alpha", base.alpha),
+        fp16=getattr(args, "clip_fp16", False),
+    )
+    return ClipRewardHook(config, envs, writer)
+
+
+def _mission_of(view: dict, env) -> str:
+    """The goal text: the episode's MiniGrid mission, or the panda-gym task description."""
+    if "mission" in view:
+        return view["mission"]
+    from .prompts import PANDA_TASKS
+
+    task = type(env.unwrapped.task).__name__ if hasattr(env.unwrapped, "task") else ""
+    return PANDA_TASKS.get(task, task or "complete the task")
+
+
+class ClipRewardHook(RewardHook):
+    """Reward = CLIP reward of the frame after each step; as in Baumli et al., it replaces the env reward.
+
+    Frames come from the `pixels` view of each sub-environment and are embedded in one batched forward pass;
+    text embeddings are computed once per distinct mission. Logs `clip/p_goal_mean`, `clip/p_goal_max` and
+    `clip/rewarded_fraction` every LOG_EVERY vector steps, beside the hook's usual episode tags.
+    """
+
+    LOG_EVERY = 64
+
+    def __init__(self, config: ClipRewardConfig, envs, writer=None):
+        from .views import make_view
+
+        super().__init__(None, envs, writer=writer)
+        self.config, self.envs = config, envs
+        self.adapters_pixels = [make_view(env, "pixels") for env in envs.envs]
+        self.clip = ClipReward(config, _mission_of(self.adapters_pixels[0].reset(), envs.envs[0]))
+        self._by_mission = {self.clip.mission: self.clip}
+        self._p_goal: list[np.ndarray] = []
+        self._rewards: list[np.ndarray] = []
+        self._calls = 0
+
+    def _for(self, mission: str) -> ClipReward:
+        if mission not in self._by_mission:
+            self._by_mission[mission] = self.clip.for_mission(mission)
+        return self._by_mission[mission]
+
+    def clip_rewards(self) -> tuple[np.ndarray, np.ndarray]:
+        """CLIP rewards and p(goal) of every env's current frame."""
+        views = [a.step() for a in self.adapters_pixels]
+        x = self.clip.embed_frames(np.stack([v["rgb"] for v in views]))  # one batched forward pass
+        missions = [_mission_of(v, env) for v, env in zip(views, self.envs.envs)]
+        rewards, p_goal = np.zeros(self.num_envs), np.zeros(self.num_envs)
+        for mission in set(missions):
+            idx = [i for i, m in enumerate(missions) if m == mission]
+            r, stats = self._for(mission).rewards_from_embeddings(x[idx])
+            rewards[idx], p_goal[idx] = r, stats["p_goal"]
+        return rewards, p_goal
+
+    def step(self, reward, terminations, truncations, infos=None, extra=None):
+        rewards, p_goal = self.clip_rewards()
+        self._p_goal.append(p_goal)
+        self._rewards.append(rewards)
+        self._calls += 1
+        if self.writer is not None and self._calls % self.LOG_EVERY == 0:
+            step = self.global_step + self.num_envs
+            p = np.concatenate(self._p_goal)
+            self.writer.add_scalar("clip/p_goal_mean", float(p.mean()), step)
+            self.writer.add_scalar("clip/p_goal_max", float(p.max()), step)
+            name = "clip/rewarded_fraction" if self.config.mode == "binary" else "clip/reward_mean"
+            self.writer.add_scalar(name, float(np.concatenate(self._rewards).mean()), step)
+            self._p_goal, self._rewards = [], []
+        env_reward = np.asarray(reward, dtype=np.float64)
+        return super().step(reward, terminations, truncations, infos, extra=rewards - env_reward)

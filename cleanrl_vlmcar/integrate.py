@@ -221,15 +221,16 @@ class RewardHook:
         self._autoreset = [False] * self.num_envs
 
     def step(self, reward: np.ndarray, terminations: np.ndarray, truncations: np.ndarray,
-             infos: dict | None = None) -> np.ndarray:
-        """Shaped rewards for one vector step (environment reward + bonuses)."""
+             infos: dict | None = None, extra: np.ndarray | None = None) -> np.ndarray:
+        """Shaped rewards for one vector step (environment reward + bonuses [+ `extra`, e.g. another reward
+        model's term, added outside autoreset steps])."""
         # per-env work is plain Python on lists: numpy scalar access would cost more than the checks themselves
         self.global_step += self.num_envs
         rewards = np.asarray(reward, dtype=np.float64).tolist()
         terminated = np.asarray(terminations).tolist()
         done = np.logical_or(terminations, truncations).tolist()
         views = self._views_from_infos(infos) if self.program is not None and self.adapters is None else None
-        bonus = [0.0] * self.num_envs
+        bonus = [0.0] * self.num_envs if extra is None else np.asarray(extra, dtype=np.float64).tolist()
         if self._any_completed:
             self.completed[:] = False
             self._any_completed = False
@@ -243,10 +244,11 @@ class RewardHook:
                     view = views[i]
             if autoreset[i]:  # the reset step of next-step autoreset: no bonus, progress starts over
                 self._begin(i, view if program is not None else None)
+                bonus[i] = 0.0
                 continue
             if program is not None:
                 k, new_k, b = self.progress[i].step(view, terminated[i])
-                bonus[i] = b
+                bonus[i] += b
                 if new_k > k:
                     self.completed[i, k:new_k] = True
                     self._any_completed = True

@@ -7,13 +7,13 @@ rewards are recomputed by hand from the model's own get_text_features / get_imag
 
 from __future__ import annotations
 
-import string
-
 import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
+
+from tiny_clip import build_tiny_clip  # noqa: E402
 
 from cleanrl_vlmcar.clip_reward import (  # noqa: E402
     DEFAULT_NEGATIVES,
@@ -32,36 +32,7 @@ def _features(out):
 
 @pytest.fixture(scope="module")
 def tiny_clip_dir(tmp_path_factory):
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
-
-    # character-level BPE vocab (no merges): every printable char, alone and word-final
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for c in string.ascii_lowercase + string.digits + string.punctuation:
-        vocab.setdefault(c, len(vocab))
-        vocab.setdefault(c + "</w>", len(vocab))
-    tokenizer = CLIPTokenizer(vocab=vocab, merges=[])
-    image_processor = CLIPImageProcessor(
-        size={"shortest_edge": IMG}, crop_size={"height": IMG, "width": IMG}
-    )
-    config = CLIPConfig(
-        text_config=dict(
-            vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-            num_attention_heads=2, max_position_embeddings=256,
-            bos_token_id=0, eos_token_id=1, pad_token_id=1,
-        ),
-        vision_config=dict(
-            image_size=IMG, patch_size=8, hidden_size=32, intermediate_size=64,
-            num_hidden_layers=2, num_attention_heads=2,
-        ),
-        projection_dim=16,
-    )
-    torch.manual_seed(0)
-    model = CLIPModel(config).eval()
-    out = tmp_path_factory.mktemp("tiny_clip")
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    image_processor.save_pretrained(out)
-    return str(out)
+    return build_tiny_clip(tmp_path_factory.mktemp("tiny_clip"), image_size=IMG)
 
 
 @pytest.fixture(scope="module")

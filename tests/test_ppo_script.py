@@ -92,3 +92,32 @@ def test_bad_flags_and_env_ids(tmp_path):
     assert r.returncode != 0 and "NoSuchEnv" in r.stderr
     r = run(["--view", "depth", *TINY], tmp_path)
     assert r.returncode != 0 and "depth" in r.stderr
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory):
+    from tiny_clip import build_tiny_clip
+
+    return build_tiny_clip(tmp_path_factory.mktemp("tiny_clip"))
+
+
+def test_clip_reward_variant(tmp_path, tiny_clip):
+    # threshold 0: every frame is rewarded, so the shaped return (CLIP reward) is the episode length
+    r = run(["--env-id", "MiniGrid-KeyCorridorS3R1-v0", "--reward", "clip", "--clip-model", tiny_clip,
+             "--clip-threshold", "0.0", *TINY], tmp_path, env={"HF_HUB_OFFLINE": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    run_dir = only_run(tmp_path)
+    assert "-clip__" in run_dir.name
+    tags = scalars(run_dir)
+    for tag in ["charts/episodic_return", "charts/shaped_return", "charts/success_rate", "clip/p_goal_mean",
+                "clip/rewarded_fraction"]:
+        assert tag in tags, (tag, sorted(tags))
+    assert tags["clip/rewarded_fraction"][-1] == 1.0
+    assert tags["charts/shaped_return"] == pytest.approx(tags["charts/episodic_length"])
+    assert all(0.0 <= p <= 1.0 for p in tags["clip/p_goal_mean"])
+
+
+def test_clip_missing_checkpoint_is_clear(tmp_path):
+    r = run(["--reward", "clip", "--clip-model", str(tmp_path / "no_such_clip"), *TINY], tmp_path,
+            env={"HF_HUB_OFFLINE": "1"})
+    assert r.returncode != 0 and "no_such_clip" in r.stderr
