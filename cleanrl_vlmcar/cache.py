@@ -21,6 +21,8 @@ from . import __version__
 #: the committed cache inside the repository; VLMCAR_REWARD_CACHE overrides it
 DEFAULT_DIR = Path(os.environ.get("VLMCAR_REWARD_CACHE", Path(__file__).resolve().parents[1] / "reward_cache"))
 REQUIRED = ("env_id", "view", "backend", "model", "rounds", "program", "passed", "report", "created")
+_UMASK = os.umask(0o022)  # read once (os.umask can only be read by setting it), then restored
+os.umask(_UMASK)
 
 
 class CacheError(RuntimeError):
@@ -56,6 +58,7 @@ def write_entry(entry: dict[str, Any], path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes the file private (0600); a cache file is an ordinary file
         with os.fdopen(fd, "w") as f:
             json.dump(entry, f, indent=2, sort_keys=False)
             f.write("\n")

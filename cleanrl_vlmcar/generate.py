@@ -18,7 +18,7 @@ import numpy as np
 from . import cache, prompts
 from .backends import BACKEND_NAMES, Backend, BackendError, ManualAnswerNeeded, Prompt, image_to_png, make_backend
 from .program import ProgramError, RewardProgram, extract_program, load_program
-from .trajectories import DEFAULT_CACHE, Trajectory, TrajectoryStore, collect, load_demos, make_env
+from .trajectories import DEFAULT_CACHE, Trajectory, TrajectoryStore, collect, load_demos, make_env, rollout
 from .verify import DEFAULT_N, EXPERT_THRESHOLD, RANDOM_THRESHOLD, VerifyReport, verify_program
 from .views import ViewSpec, family_of, get_spec
 
@@ -144,6 +144,13 @@ def synthesize(env_id: str, view: str, backend: Backend, config: SynthesisConfig
         raise ValueError("--rounds must be at least 1")
     env = make_env(env_id)
     spec = get_spec(env, view)
+    if backend.name == "cache":  # replay only: the newest verified entry for (env id, view); no model, no rollouts
+        found = cache.lookup(env_id, view, cfg.reward_cache)
+        if found is None:
+            raise SynthesisError(no_program_message(env_id, view, cfg.reward_cache))
+        _log(f"cache hit: {found[0]}", cfg.progress)
+        report = VerifyReport.from_dict(found[1]["report"]) if found[1].get("report") else None
+        return SynthesisResult(found[0], found[1], True, report, from_cache=True)
     constants = spec.constants()
     traj_root = Path(cfg.traj_cache) if cfg.traj_cache else DEFAULT_CACHE
     store = TrajectoryStore(traj_root / "trajectories")
@@ -154,6 +161,9 @@ def synthesize(env_id: str, view: str, backend: Backend, config: SynthesisConfig
         demos = load_demos(cfg.demos, env_id, view, env)
         expert = [t for t in demos if t.success][: cfg.n]
         dropped = len(demos) - len([t for t in demos if t.success])
+        if expert and not expert[0].frames:  # replayed demos carry no frames: render the first one for the prompt
+            expert[0].frames = rollout(env, None, expert[0].seed, [view], stop_on_success=False,
+                                       actions=expert[0].actions, frames=True).frames
     else:
         expert, dropped = collect(env_id, view, "expert", cfg.n, cfg.seed, store, successful_only=True,
                                   frames=True, progress=cfg.progress, env=env)
