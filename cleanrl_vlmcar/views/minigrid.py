@@ -128,10 +128,19 @@ _PIXELS = ViewSpec(
     constants_doc=(
         "Constants in the program's namespace: `TILE_SIZE` (pixels per cell), `COLORS` (name -> RGB: "
         + ", ".join(f"{k}={tuple(int(x) for x in v)}" for k, v in COLORS.items())
-        + "). Drawing: background black; walls grey (100,100,100); floor cells have a thin grey grid line; the agent "
-        "is a red (255,0,0) triangle; keys, balls, boxes and doors are drawn in their colour; a locked door is a "
-        "filled square of its colour with a small handle line, a closed door an outlined square, an open door only a "
-        "thin outline along one side; the goal is a filled green (0,255,0) square; a carried object is not drawn."
+        + "). How each cell is drawn (fractions of the cell, x to the right, y down): every cell is black with a grey "
+        "(100,100,100) grid line along its top and left edges (the first 1/32); a wall fills the cell grey; the goal "
+        "fills it green (0,255,0); lava fills it orange; a ball is a filled circle of its colour (centre (0.5, 0.5), "
+        "radius 0.31); a key is a key shape of its colour (a ring centred at (0.56, 0.28), a shaft x 0.50-0.63, "
+        "y 0.31-0.88, two teeth to its left); a box is a square outline of its colour (0.12-0.88, black inside) "
+        "with a horizontal slit across the middle (y 0.47-0.53); a locked door fills the cell with its colour, "
+        "with the inside (0.06-0.94) darkened to 0.45 x the colour and a key slot in full colour at x 0.52-0.75, "
+        "y 0.50-0.56; a closed door is its colour with a black ring (0.04-0.08), a second frame of its colour, a "
+        "black inside (0.12-0.88) and a handle dot of its colour at (0.75, 0.5); an open door is only a strip of "
+        "its colour along the cell's right edge (x 0.88-1.0), black elsewhere; the agent is a red (255,0,0) "
+        "triangle pointing in its direction, drawn over the cell's content. A carried object is not drawn. Frames "
+        "are drawn at 3x and downsampled, so edges are blended: compare colours with a tolerance and sample "
+        "points well inside shapes."
     ),
     make=MiniGridPixelsView,
     constants=_constants,
