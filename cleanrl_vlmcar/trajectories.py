@@ -11,6 +11,7 @@ Demonstrations (`demos` source) are an `.npz` file with `seeds` (N,) int, `lengt
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -100,19 +101,74 @@ class ExpertPolicy:
         return action
 
 
+class CheckpointPolicy:
+    """A policy saved by the training scripts with --save-model: `runs/{run_name}/policy.pt`, a TorchScript
+    module mapping the policy's observation to action logits (ppo_vlmcar.py, greedy) or to an action
+    (sac_vlmcar.py). Observations are prepared as the scripts prepare them."""
+
+    def __init__(self, env: gym.Env, path: str | os.PathLike):
+        import torch
+
+        path = Path(path)
+        if path.is_dir():
+            path = path / "policy.pt"
+        if not path.exists():
+            raise ValueError(f"no policy checkpoint at {path}: train with --save-model, then pass "
+                             "policy:runs/RUN_NAME/policy.pt")
+        try:
+            self.module = torch.jit.load(str(path), map_location="cpu")
+        except Exception as e:  # noqa: BLE001
+            raise ValueError(f"cannot load policy checkpoint {path}: {type(e).__name__}: {e}") from None
+        self.torch = torch
+        self.discrete = isinstance(env.action_space, gym.spaces.Discrete)
+
+    def reset(self, env, obs, seed: int = 0) -> None:
+        pass
+
+    def _prepare(self, obs) -> np.ndarray:
+        if isinstance(obs, dict) and "image" in obs:  # MiniGrid: the agent's own symbolic view
+            return np.asarray(obs["image"], dtype=np.float32)
+        if isinstance(obs, dict):  # goal-conditioned (panda-gym): observation and desired goal
+            return np.concatenate([np.ravel(obs["observation"]), np.ravel(obs["desired_goal"])]).astype(np.float32)
+        return np.asarray(obs, dtype=np.float32)
+
+    def act(self, env, obs):
+        with self.torch.no_grad():
+            out = self.module(self.torch.as_tensor(self._prepare(obs))[None]).numpy()[0]
+        return int(np.argmax(out)) if self.discrete else out.astype(np.float32)
+
+
 def parse_policy(name: str) -> tuple[str, float]:
-    """'random', 'expert', 'noisy0.3' -> (kind, noise)."""
+    """'random', 'expert', 'noisy0.3' -> (kind, noise); 'policy:PATH' -> ('policy', 0.0)."""
     if name in ("random", "expert"):
         return name, 0.0
+    if name.startswith("policy:") and len(name) > len("policy:"):
+        return "policy", 0.0
     m = re.fullmatch(r"noisy(0(\.\d+)?|1(\.0+)?)", name)
     if m:
         return "expert", float(m.group(1))
-    raise ValueError(f"unknown policy {name!r}: use random, expert, or noisyP with P in [0, 1] (e.g. noisy0.3)")
+    raise ValueError(f"unknown policy {name!r}: use random, expert, noisyP with P in [0, 1] (e.g. noisy0.3), or "
+                     "policy:PATH to a policy.pt saved with --save-model")
 
 
 def make_policy(name: str, env: gym.Env):
     kind, noise = parse_policy(name)
+    if kind == "policy":
+        return CheckpointPolicy(env, name[len("policy:"):])
     return RandomPolicy(env) if kind == "random" else ExpertPolicy(env, noise)
+
+
+@functools.lru_cache(maxsize=64)
+def policy_key(name: str) -> str:
+    """A folder name for a policy in the store (checkpoints are keyed by a hash of their file)."""
+    if not name.startswith("policy:"):
+        return name
+    import hashlib
+
+    path = Path(name[len("policy:"):])
+    path = path / "policy.pt" if path.is_dir() else path
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12] if path.exists() else "missing"
+    return f"policy-{digest}"
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -226,7 +282,7 @@ class TrajectoryStore:
         self.root = Path(root)
 
     def path(self, env_id: str, view: str, policy: str, seed: int) -> Path:
-        return self.root / env_id / view / policy / f"seed{seed}.npz"
+        return self.root / env_id / view / policy_key(policy) / f"seed{seed}.npz"
 
     def save(self, traj: Trajectory, view: str) -> Path:
         path = self.path(traj.env_id, view, traj.policy, traj.seed)

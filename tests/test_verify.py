@@ -1,0 +1,220 @@
+"""Verification: trajectory sources and store, the pass/fail rule, the report, the verify CLI."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cleanrl_vlmcar.__main__ import main
+from cleanrl_vlmcar.trajectories import (TrajectoryStore, collect, load_demos, make_env, make_policy, parse_policy,
+                                         rollout)
+from cleanrl_vlmcar.verify import VerifyReport, verify_env
+
+ROOT = Path(__file__).resolve().parents[1]
+KC = "MiniGrid-KeyCorridorS3R1-v0"
+GOOD_KC = (ROOT / "examples" / "keycorridor_state.py").read_text()
+N = 20  # the default; random agents finish KeyCorridorS3R1 ~5% of the time, so small N is noisy
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("vlmcar_cache")
+
+
+def verify(source, cache_dir, env_id=KC, **kw):
+    return verify_env(source, env_id, "state", n=kw.pop("n", N), cache_dir=cache_dir, progress=False, **kw)
+
+
+def test_correct_keycorridor_program_passes(cache_dir):
+    report = verify(GOOD_KC, cache_dir)
+    assert report.passed, report.to_text()
+    assert [s.expert_rate for s in report.subtasks] == [1.0, 1.0, 1.0]
+    assert report.task_random_rate <= 0.10
+    assert report.precision == 1.0 and report.recall == 1.0
+    assert all(s.mean_expert_step is not None for s in report.subtasks)
+    assert report.subtasks[0].mean_expert_step < report.subtasks[1].mean_expert_step < report.subtasks[2].mean_expert_step
+    text = report.to_text()
+    assert "PASSED" in text and "| 1 | pick up the key that matches the locked door | 100% |" in text
+
+
+ALWAYS_TRUE = "SUBTASKS = ['anything']\ndef subtask_1(obs, start):\n    return True\n"
+NEVER = "SUBTASKS = ['a', 'b']\ndef subtask_1(obs, start):\n    return obs['carrying'] is not None\n" \
+        "def subtask_2(obs, start):\n    return False\n"
+OUT_OF_ORDER = GOOD_KC.replace('SUBTASKS = [\n    "pick up the key that matches the locked door",\n'
+                               '    "open the locked door",\n    "pick up the object named in the mission",\n]',
+                               'SUBTASKS = ["pick up the target", "open the locked door", "pick up the key"]') \
+    .replace("def subtask_1(", "def _key(").replace("def subtask_3(", "def subtask_1(").replace("def _key(", "def subtask_3(")
+RAISES = "SUBTASKS = ['a']\ndef subtask_1(obs, start):\n    return obs['no_such_key'] > 0\n"
+
+
+def test_always_true_program_fails_as_too_easy(cache_dir):
+    report = verify(ALWAYS_TRUE, cache_dir)
+    assert not report.passed
+    assert report.task_random_rate == 1.0
+    assert any("random trajectories" in r and "too easy" in r for r in report.reasons)
+    # it says "done" on every random episode, though few of them succeeded: precision ~ (20 + 1) / 40
+    assert report.precision < 0.6 and report.recall == 1.0
+
+
+def test_never_firing_subtask_fails_with_stall(cache_dir):
+    report = verify(NEVER, cache_dir)
+    assert not report.passed
+    assert report.subtasks[0].expert_rate == 1.0 and report.subtasks[1].expert_rate == 0.0
+    assert any("sub-task 2 ('b') was completed in only 0%" in r for r in report.reasons)
+    assert report.stall is not None and report.stall.subtask == 2
+    assert 0 < report.stall.stalled_after_step < report.stall.final_step
+    assert "carrying" in report.stall.final_view and "grid[:, :, 0]" in report.stall.final_view
+
+
+def test_out_of_order_subtasks_fail(cache_dir):
+    assert "def subtask_3(obs, start):\n    carrying" in OUT_OF_ORDER
+    report = verify(OUT_OF_ORDER, cache_dir)
+    assert not report.passed
+    # the target is picked up last, so "pick up the key" can never follow it in order
+    assert report.subtasks[0].expert_rate == 1.0
+    assert report.subtasks[2].expert_rate < 1.0
+    assert "sub-task 3 ('pick up the key')" in report.to_text()
+
+
+def test_raising_program_fails_with_traceback(cache_dir):
+    report = verify(RAISES, cache_dir)
+    assert not report.passed
+    assert report.subtasks[0].exceptions > 0
+    assert "KeyError" in report.subtasks[0].first_exception and "line 3" in report.subtasks[0].first_exception
+    assert any("raised" in r for r in report.reasons)
+
+
+def test_rejected_and_hanging_programs(cache_dir):
+    report = verify("import os\nSUBTASKS = ['a']\ndef subtask_1(obs, start):\n    return True\n", cache_dir)
+    assert not report.passed and "import of 'os'" in report.error
+    hang = "SUBTASKS = ['a']\ndef subtask_1(obs, start):\n    for i in range(10**12):\n        pass\n    return True\n"
+    report = verify(hang, cache_dir, timeout_s=2)
+    assert not report.passed and report.error.startswith("timeout")
+
+
+def test_thresholds_are_flags(cache_dir):
+    # with 85% of random runs picking up the key, a key-only program fails at 10% but passes at 100%
+    key_only = "SUBTASKS = ['key']\ndef subtask_1(obs, start):\n    return obs['carrying'] is not None\n"
+    assert not verify(key_only, cache_dir).passed
+    assert verify(key_only, cache_dir, random_threshold=1.0).passed
+    with pytest.raises(ValueError, match="thresholds"):
+        verify(key_only, cache_dir, random_threshold=1.5)
+
+
+def test_report_roundtrips_through_dict(cache_dir):
+    report = verify(NEVER, cache_dir)
+    again = VerifyReport.from_dict(report.to_dict())
+    assert again.to_text() == report.to_text()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# trajectories
+# ----------------------------------------------------------------------------------------------------------
+def test_store_roundtrip_and_no_resimulation(tmp_path):
+    store = TrajectoryStore(tmp_path)
+    trajs, dropped = collect(KC, "state", "expert", 3, seed=5, store=store, successful_only=True, progress=False)
+    assert dropped == 0 and all(t.success for t in trajs)
+    files = sorted(tmp_path.rglob("*.npz"))
+    assert [f.name for f in files] == ["seed5.npz", "seed6.npz", "seed7.npz"]
+    assert files[0].parent.name == "expert" and files[0].parent.parent.name == "state"
+    loaded = store.load(KC, "state", "expert", 5)
+    orig = trajs[0]
+    assert loaded.success and len(loaded.views["state"]) == len(orig.views["state"])
+    for a, b in zip(loaded.views["state"], orig.views["state"]):
+        assert (a["grid"] == b["grid"]).all() and a["carrying"] == b["carrying"]
+        assert a["agent_pos"] == b["agent_pos"] and a["mission"] == b["mission"] and a["agent_dir"] == b["agent_dir"]
+    np.testing.assert_array_equal(loaded.actions, orig.actions)
+    mtime = files[0].stat().st_mtime_ns
+    collect(KC, "state", "expert", 3, seed=5, store=store, successful_only=True, progress=False)
+    assert files[0].stat().st_mtime_ns == mtime  # loaded, not re-simulated
+
+
+def test_corrupt_trajectory_file_is_resimulated(tmp_path):
+    store = TrajectoryStore(tmp_path)
+    collect(KC, "state", "random", 1, seed=0, store=store, progress=False)
+    path = store.path(KC, "state", "random", 0)
+    path.write_bytes(b"not an npz")
+    with pytest.warns(UserWarning, match="re-simulating"):
+        trajs, _ = collect(KC, "state", "random", 1, seed=0, store=store, progress=False)
+    assert len(trajs) == 1 and store.load(KC, "state", "random", 0) is not None
+
+
+def test_noisy_expert_and_policy_names():
+    assert parse_policy("noisy0.3") == ("expert", 0.3)
+    assert parse_policy("noisy0.5") == ("expert", 0.5)
+    for bad in ("noisy", "noisy1.5", "novice", "policy:"):
+        with pytest.raises(ValueError, match="unknown policy"):
+            parse_policy(bad)
+    env = make_env(KC)
+    expert_steps = [rollout(env, make_policy("expert", env), s, ["state"], True).length for s in range(5)]
+    noisy_steps = [rollout(env, make_policy("noisy0.5", env), s, ["state"], True).length for s in range(5)]
+    assert sum(noisy_steps) > sum(expert_steps)
+
+
+def test_expert_for_unsupported_env_is_clear():
+    import gymnasium as gym
+
+    with pytest.raises(ValueError, match="demos"):
+        make_policy("expert", gym.make("CartPole-v1"))
+    with pytest.raises(ValueError, match="unknown environment id"):
+        make_env("MiniGrid-Nope-v0")
+
+
+def test_demos_roundtrip_and_bad_files(tmp_path):
+    env = make_env(KC)
+    trajs = [rollout(env, make_policy("expert", env), s, ["state"], True) for s in (0, 1)]
+    width = max(t.length for t in trajs)
+    actions = np.zeros((2, width), dtype=np.int64)
+    for i, t in enumerate(trajs):
+        actions[i, : t.length] = t.actions
+    path = tmp_path / "demos.npz"
+    np.savez(path, seeds=np.array([0, 1]), lengths=np.array([t.length for t in trajs]), actions=actions)
+    demos = load_demos(path, KC, "state")
+    assert [d.success for d in demos] == [True, True]
+    assert (demos[1].views["state"][-1]["grid"] == trajs[1].views["state"][-1]["grid"]).all()
+    report = verify_env(GOOD_KC, KC, "state", n=2, expert_source="demos", demos=str(path), cache_dir=tmp_path,
+                        progress=False)
+    assert report.passed and report.expert_n == 2
+    np.savez(tmp_path / "bad.npz", seeds=np.array([0]))
+    with pytest.raises(ValueError, match="lacks the array"):
+        load_demos(tmp_path / "bad.npz", KC, "state")
+    with pytest.raises(ValueError, match="does not exist"):
+        load_demos(tmp_path / "missing.npz", KC, "state")
+
+
+def test_checkpoint_policy(tmp_path):
+    import torch
+
+    class Greedy(torch.nn.Module):  # logits that always prefer action 2 (forward)
+        def forward(self, x):
+            return torch.nn.functional.one_hot(torch.full((x.shape[0],), 2), 7).float()
+
+    torch.jit.trace(Greedy(), torch.zeros(1, 7, 7, 3)).save(str(tmp_path / "policy.pt"))
+    env = make_env(KC)
+    policy = make_policy(f"policy:{tmp_path}", env)
+    traj = rollout(env, policy, 0, ["state"], stop_on_success=True)
+    assert set(traj.actions.tolist()) == {2}
+    with pytest.raises(ValueError, match="--save-model"):
+        make_policy(f"policy:{tmp_path / 'nothing'}", env)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# CLI
+# ----------------------------------------------------------------------------------------------------------
+def test_verify_cli_exit_codes(tmp_path, capsys):
+    good, bad = tmp_path / "good.py", tmp_path / "bad.py"
+    good.write_text(GOOD_KC)
+    bad.write_text(NEVER)
+    common = ["--env-id", KC, "--n", "4", "--cache-dir", str(tmp_path / "c")]
+    assert main(["verify", "--program", str(good), *common]) == 0
+    assert "PASSED" in capsys.readouterr().out
+    assert main(["verify", "--program", str(bad), *common, "--json", str(tmp_path / "r.json")]) == 1
+    assert "FAILED" in capsys.readouterr().out and (tmp_path / "r.json").exists()
+    assert main(["verify", "--program", str(good), *common[:2], "--n", "0"]) == 2
+    assert main(["verify", "--program", str(good), "--env-id", "MiniGrid-Nope-v0"]) == 2
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["verify", *common, "--reward-cache", str(empty)]) == 2
+    assert "no cached program" in capsys.readouterr().err
+    # the shipped program for KeyCorridorS3R1 is found without --program
+    assert main(["verify", *common]) == 0
