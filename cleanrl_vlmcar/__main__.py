@@ -118,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
         pass
     else:
         add_synthesize_parser(sub, _add_verify_flags)
+    from .evaluate import add_evaluate_parser
+
+    add_evaluate_parser(sub)
     return parser
 
 

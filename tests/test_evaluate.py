@@ -1,0 +1,66 @@
+"""The evaluate verb: skill curve over random/novice/sub-optimal/expert policies, precision/recall, figure."""
+
+import json
+
+import pytest
+from PIL import Image
+
+from cleanrl_vlmcar.__main__ import main
+from cleanrl_vlmcar.evaluate import POLICIES, _prf
+
+KC = "MiniGrid-KeyCorridorS3R1-v0"
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory):
+    from tiny_clip import build_tiny_clip
+
+    return build_tiny_clip(tmp_path_factory.mktemp("tiny_clip"))
+
+
+def test_prf_hand_values():
+    import numpy as np
+
+    p, r, f = _prf(np.array([1, 1, 0, 0], bool), np.array([1, 0, 1, 0], bool))
+    assert (p, r, f) == (0.5, 0.5, 0.5)
+    assert _prf(np.zeros(3, bool), np.ones(3, bool)) == (0.0, 0.0, 0.0)
+
+
+def test_evaluate_vlmcar_and_sparse(tmp_path, capsys):
+    out, js = tmp_path / "skill.png", tmp_path / "skill.json"
+    code = main(["evaluate", "--env-id", KC, "--rewards", "sparse", "vlmcar", "--n", "4", "--out", str(out),
+                 "--json", str(js), "--cache-dir", str(tmp_path / "c")])
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "| reward | random | novice | sub-optimal | expert | precision | recall | F1 |" in text
+    results = {r["reward"]: r for r in json.loads(js.read_text())}
+    assert set(results) == {"sparse", "vlmcar"}
+    for r in results.values():
+        assert set(r["mean_return"]) == set(POLICIES)
+        assert r["mean_return"]["expert"] > r["mean_return"]["random"]
+    # the verified program agrees with the environment's success on these episodes
+    assert results["vlmcar"]["precision"] == 1.0 and results["vlmcar"]["recall"] == 1.0
+    # sub-task bonuses: expert episodes earn 3 bonuses on top of the env return
+    assert results["vlmcar"]["mean_return"]["expert"] == pytest.approx(results["sparse"]["mean_return"]["expert"] + 3)
+    assert Image.open(out).size[0] > 100
+
+
+def test_evaluate_clip_pr_curve(tmp_path, tiny_clip, monkeypatch, capsys):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    js = tmp_path / "clip.json"
+    code = main(["evaluate", "--env-id", KC, "--rewards", "clip", "--n", "2", "--clip-model", tiny_clip,
+                 "--out", str(tmp_path / "clip.png"), "--json", str(js), "--cache-dir", str(tmp_path / "c")])
+    assert code == 0
+    (clip,) = json.loads(js.read_text())
+    thresholds = [t for t, _, _ in clip["pr_curve"]]
+    assert thresholds[0] == 0.0 and thresholds[-1] == 1.0
+    assert clip["pr_curve"][0][2] == 1.0  # threshold 0: every episode counts as done, recall 1
+    assert clip["pr_curve"][-1][2] == 0.0  # threshold 1: none
+    assert (tmp_path / "clip.png").exists()
+
+
+def test_evaluate_bad_input(tmp_path, capsys):
+    assert main(["evaluate", "--env-id", KC, "--n", "1", "--out", str(tmp_path / "x.png")]) == 2
+    assert main(["evaluate", "--env-id", "MiniGrid-Nope-v0", "--out", str(tmp_path / "x.png")]) == 2
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--env-id", KC, "--rewards", "magic"])
