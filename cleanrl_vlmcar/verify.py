@@ -265,15 +265,17 @@ def save_png(rgb: np.ndarray, path: Path) -> Path:
 def verify_env(source: str, env_id: str, view: str = "state", n: int = DEFAULT_N, seed: int = 0,
                expert_threshold: float = EXPERT_THRESHOLD, random_threshold: float = RANDOM_THRESHOLD,
                expert_source: str = "expert", demos: str | None = None, cache_dir: str | Path | None = None,
-               progress: bool = True, timeout_s: float = 120.0, memory_mb: int = DEFAULT_MEMORY_MB) -> VerifyReport:
-    """Collect (or load) N expert and N random trajectories for `env_id` and verify `source` on them."""
+               progress: bool = True, timeout_s: float = 120.0, memory_mb: int = DEFAULT_MEMORY_MB,
+               store_trajectories: bool = True) -> VerifyReport:
+    """Collect (or load) N expert and N random trajectories for `env_id` and verify `source` on them
+    (`store_trajectories=False`: simulate afresh and keep nothing on disk)."""
     from .trajectories import DEFAULT_CACHE, TrajectoryStore, collect, load_demos, make_env
     from .views import get_spec
 
     env = make_env(env_id)
     spec = get_spec(env, view)
     cache = Path(cache_dir) if cache_dir else DEFAULT_CACHE
-    store = TrajectoryStore(cache / "trajectories")
+    store = TrajectoryStore(cache / "trajectories") if store_trajectories else None
     if expert_source == "demos":
         if not demos:
             raise ValueError("--expert-source demos needs --demos FILE.npz")
