@@ -121,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     from .evaluate import add_evaluate_parser
 
     add_evaluate_parser(sub)
+    from .compare import add_compare_parser; add_compare_parser(sub)  # noqa: E702
+    from .sweep import add_sweep_parser; add_sweep_parser(sub)  # noqa: E702
     return parser
 
 
