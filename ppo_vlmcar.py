@@ -236,10 +236,11 @@ if __name__ == "__main__":
     obs = torch.zeros((args.num_steps, args.num_envs) + envs.single_observation_space.shape).to(device)
     actions = torch.zeros((args.num_steps, args.num_envs) + envs.single_action_space.shape).to(device)
     logprobs = torch.zeros((args.num_steps, args.num_envs)).to(device)
-    rewards = torch.zeros((args.num_steps, args.num_envs)).to(device)
-    terms = torch.zeros((args.num_steps, args.num_envs)).to(device)  # episode ended by termination at this step
-    dones = torch.zeros((args.num_steps, args.num_envs)).to(device)  # ended by termination or truncation
-    valid = torch.zeros((args.num_steps, args.num_envs)).to(device)  # 0 on gymnasium 1.x's autoreset steps
+    # per-step flags are kept in numpy and moved to torch once per rollout
+    rewards = np.zeros((args.num_steps, args.num_envs), dtype=np.float32)
+    terms = np.zeros((args.num_steps, args.num_envs), dtype=np.float32)  # episode ended by termination at this step
+    dones = np.zeros((args.num_steps, args.num_envs), dtype=np.float32)  # ended by termination or truncation
+    valid = np.zeros((args.num_steps, args.num_envs), dtype=bool)  # False on gymnasium 1.x's autoreset steps
     values = torch.zeros((args.num_steps, args.num_envs)).to(device)
 
     # TRY NOT TO MODIFY: start the game
@@ -262,7 +263,7 @@ if __name__ == "__main__":
             obs[step] = next_obs
             # next-step autoreset: an env that ended on the previous step is reset on this one; its action is
             # ignored, so the transition is not learned from
-            valid[step] = torch.as_tensor(~next_done, dtype=torch.float32, device=device)
+            valid[step] = ~next_done
 
             # ALGO LOGIC: action logic
             with torch.no_grad():
@@ -275,9 +276,7 @@ if __name__ == "__main__":
             next_obs, reward, terminations, truncations, infos = envs.step(action.cpu().numpy())
             reward = reward_hook.step(reward, terminations, truncations, infos)  # VLM-CaR: env reward + bonuses
             next_done = np.logical_or(terminations, truncations)
-            rewards[step] = torch.as_tensor(reward, dtype=torch.float32, device=device)
-            terms[step] = torch.as_tensor(terminations, dtype=torch.float32, device=device)
-            dones[step] = torch.as_tensor(next_done, dtype=torch.float32, device=device)
+            rewards[step], terms[step], dones[step] = reward, terminations, next_done
             next_obs = torch.Tensor(next_obs).to(device)
 
             if "episode" in infos:
@@ -286,20 +285,21 @@ if __name__ == "__main__":
                     writer.add_scalar("charts/episodic_length", infos["episode"]["l"][i], global_step)
 
         # bootstrap value if not done
+        rewards_t, terms_t, dones_t = (torch.from_numpy(x).to(device) for x in (rewards, terms, dones))
         with torch.no_grad():
             next_value = agent.get_value(next_obs).reshape(1, -1)
-            advantages = torch.zeros_like(rewards).to(device)
+            advantages = torch.zeros_like(rewards_t)
             lastgaelam = 0
             for t in reversed(range(args.num_steps)):
                 # after an episode ends, the next stored observation is its true final observation (next-step
                 # autoreset), so truncated episodes bootstrap from it and terminated ones do not
                 nextvalues = next_value if t == args.num_steps - 1 else values[t + 1]
-                delta = rewards[t] + args.gamma * nextvalues * (1.0 - terms[t]) - values[t]
-                advantages[t] = lastgaelam = delta + args.gamma * args.gae_lambda * (1.0 - dones[t]) * lastgaelam
+                delta = rewards_t[t] + args.gamma * nextvalues * (1.0 - terms_t[t]) - values[t]
+                advantages[t] = lastgaelam = delta + args.gamma * args.gae_lambda * (1.0 - dones_t[t]) * lastgaelam
             returns = advantages + values
 
         # flatten the batch, keeping only real transitions
-        keep = valid.reshape(-1).bool()
+        keep = torch.from_numpy(valid.reshape(-1)).to(device)
         b_obs = obs.reshape((-1,) + envs.single_observation_space.shape)[keep]
         b_logprobs = logprobs.reshape(-1)[keep]
         b_actions = actions.reshape((-1,) + envs.single_action_space.shape)[keep]

@@ -152,9 +152,11 @@ class RewardHook:
     ended on this step. Checks that raise or return a non-bool count as False and are counted in
     `check_failures` (the first few are logged). With `program=None` the hook pays nothing and only keeps the
     episode statistics (the `sparse` variant). With a TensorBoard `writer`, it logs per finished episode
-    `charts/shaped_return`, `charts/success_rate` and `vlmcar/subtask_k_rate` (both over the last `window`
-    episodes), and `vlmcar/check_failures`, at global step = steps taken x num_envs.
+    `charts/shaped_return`, and every LOG_RATES_EVERY episodes `charts/success_rate` and `vlmcar/subtask_k_rate`
+    (both over the last `window` episodes) and `vlmcar/check_failures`, at global step = steps x num_envs.
     """
+
+    LOG_RATES_EVERY = 8
 
     def __init__(self, program: RewardProgram | None, envs: gym.vector.VectorEnv, view: str = "state",
                  bonus: float = 1.0, shaping: str = "bonus", gamma: float = 0.99, use_progress: bool = False,
@@ -183,6 +185,7 @@ class RewardHook:
         self.episodes: list[EpisodeRecord] = []
         self.writer, self.global_step = writer, 0
         self.recent: deque[EpisodeRecord] = deque(maxlen=window)
+        self._since_rates, self._rates_logged = 0, False
         self._warned = 0
 
     @property
@@ -273,12 +276,16 @@ class RewardHook:
         if self.writer is None:
             return
         step = self.global_step
-        success = float(np.mean([e.success for e in self.recent]))
         for e in self.episodes:
             self.writer.add_scalar("charts/shaped_return", e.shaped_return, step)
-        self.writer.add_scalar("charts/success_rate", success, step)
+        # the window rates change slowly: write them every LOG_RATES_EVERY episodes (and for the first one)
+        self._since_rates += len(self.episodes)
+        if self._since_rates < self.LOG_RATES_EVERY and self._rates_logged:
+            return
+        self._since_rates, self._rates_logged = 0, True
+        self.writer.add_scalar("charts/success_rate", self.success_rate, step)
         for k in range(self.num_subtasks):
-            rate = float(np.mean([e.subtasks_completed > k for e in self.recent]))
+            rate = sum(e.subtasks_completed > k for e in self.recent) / len(self.recent)
             self.writer.add_scalar(f"vlmcar/subtask_{k + 1}_rate", rate, step)
         if self.program is not None:
             self.writer.add_scalar("vlmcar/check_failures", self.check_failures, step)
@@ -286,7 +293,7 @@ class RewardHook:
     @property
     def success_rate(self) -> float:
         """Environment success over the last `window` finished episodes."""
-        return float(np.mean([e.success for e in self.recent])) if self.recent else 0.0
+        return sum(e.success for e in self.recent) / len(self.recent) if self.recent else 0.0
 
     def _log_failures(self) -> None:
         total = self.program.stats.total
