@@ -20,7 +20,8 @@ points per seed, applied to the figure only.
 Table (Markdown on stdout, `--csv` the same rows plus numeric columns), per group:
 
 * steps to success >= threshold: per seed, the first global step at which `charts/success_rate` (already a
-  100-episode moving average, so unsmoothed) reaches the threshold; mean +- standard error over the seeds
+  100-episode moving average, so unsmoothed) reaches the threshold, counted only once the window is full
+  (from the `--min-episodes`-th episode on, default 100); mean +- standard error over the seeds
   that reached it, and `not reached (k of n)` when k of n seeds never did within their logged steps;
 * final success: the last logged `charts/success_rate`, mean +- se over seeds;
 * final return: the mean of the last `--return-window` (default 100, the success-rate window) logged
@@ -203,9 +204,21 @@ def _mean_se(xs: list[float]) -> tuple[float, float]:
     return float(a.mean()), se
 
 
-def steps_to_threshold(steps: np.ndarray, values: np.ndarray, threshold: float) -> int | None:
-    hit = np.nonzero(values >= threshold)[0]
+def steps_to_threshold(steps: np.ndarray, values: np.ndarray, threshold: float, not_before: int = 0) -> int | None:
+    """First step >= `not_before` at which `values` reaches `threshold`."""
+    hit = np.nonzero((values >= threshold) & (steps >= not_before))[0]
     return int(steps[hit[0]]) if len(hit) else None
+
+
+def window_full_step(run, window: int) -> int:
+    """The step of the `window`-th finished episode (one `charts/episodic_return` per episode): before it the
+    success rate averages fewer episodes and a lucky first one reads as 100%."""
+    if RETURN_TAG not in run.scalars:
+        return 0
+    steps = run.scalars[RETURN_TAG][0]
+    if window <= 1 or not len(steps):
+        return 0
+    return int(steps[window - 1]) if len(steps) >= window else int(steps[-1]) + 1
 
 
 def _fmt(mean: float, se: float, digits: int) -> str:
@@ -215,12 +228,13 @@ def _fmt(mean: float, se: float, digits: int) -> str:
     return text if math.isnan(se) else f"{text} ± {se:.{digits}f}"
 
 
-def summarize(groups: dict, threshold: float, return_window: int) -> list[dict]:
+def summarize(groups: dict, threshold: float, return_window: int, min_episodes: int = 100) -> list[dict]:
     rows = []
     for (env, variant), members in groups.items():
         n = len(members)
         with_success = [m for m in members if SUCCESS_TAG in m.scalars and len(m.scalars[SUCCESS_TAG][0])]
-        reached = [s for s in (steps_to_threshold(*m.scalars[SUCCESS_TAG], threshold) for m in with_success)
+        reached = [s for s in (steps_to_threshold(*m.scalars[SUCCESS_TAG], threshold,
+                                                  window_full_step(m, min_episodes)) for m in with_success)
                    if s is not None]
         not_reached = len(with_success) - len(reached)
         steps_mean, steps_se = _mean_se(reached)
@@ -397,7 +411,7 @@ def cmd_compare(args) -> int:
         raise ValueError(f"tag {', '.join(missing)} is in none of the {len(runs)} runs; tags that exist: "
                          + ", ".join(sorted(existing)))
     groups = group_runs(runs)
-    rows = summarize(groups, args.threshold, args.return_window)
+    rows = summarize(groups, args.threshold, args.return_window, args.min_episodes)
     plot(groups, tags, args.out, args.smooth, args.threshold)
     print(markdown_table(rows, args.threshold, args.return_window))
     print(f"\n{len(runs)} runs in {len(groups)} groups; figure: {args.out}")
@@ -417,6 +431,8 @@ def add_compare_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="figure file (.png, .pdf, .svg)")
     p.add_argument("--tags", nargs="+", default=DEFAULT_TAGS, help="scalar tags, one figure column each "
                    "(default: %(default)s)")
+    p.add_argument("--min-episodes", type=int, default=100,
+                   help="count success only from this many finished episodes on (the success-rate window fills)")
     p.add_argument("--threshold", type=float, default=0.9,
                    help="success-rate level for 'steps to success' (default %(default)s)")
     p.add_argument("--smooth", type=int, default=1, help="moving average over N logged points, figure only")

@@ -82,6 +82,7 @@ def _table_rows(text: str) -> dict[tuple[str, str], list[str]]:
 def test_compare_figure_table_and_csv(runs_dir, tmp_path, capsys):
     out, table_csv = tmp_path / "fig.png", tmp_path / "table.csv"
     rc = main(["compare", str(runs_dir), "--out", str(out), "--csv", str(table_csv), "--threshold", "0.9",
+               "--min-episodes", "1",
                "--smooth", "3"])
     text = capsys.readouterr().out
     assert rc == 0, text
@@ -115,7 +116,8 @@ def test_compare_figure_table_and_csv(runs_dir, tmp_path, capsys):
 
 
 def test_compare_threshold_and_single_tag(runs_dir, tmp_path, capsys):
-    rc = main(["compare", str(runs_dir / "nested"), "--out", str(tmp_path / "b.png"), "--tags", SUCCESS,
+    rc = main(["compare", str(runs_dir / "nested"), "--out", str(tmp_path / "b.png"), "--min-episodes", "1",
+               "--tags", SUCCESS,
                "--threshold", "0.4"])
     rows = _table_rows(capsys.readouterr().out)
     assert rc == 0
@@ -349,3 +351,15 @@ def test_sweep_on_local_ray(fake):
     assert sorted(c["seed"] for c in _calls(fake["calls"])) == [1, 2]
     done = [r for r in (fake["runs_dir"] / "runs").iterdir() if (r / "done").exists()]
     assert len(done) == 1 and "__1__" in done[0].name
+
+
+def test_success_before_the_window_fills_is_not_counted(tmp_path, capsys):
+    # a lucky first episode reads as 100% success; steps-to-threshold counts from the 10th episode on
+    root = tmp_path / "runs"
+    success = [(100, 1.0), (200, 0.5), (300, 0.4)] + [(s, 0.95) for s in range(1500, 3001, 100)]
+    write_run(root, "EnvC-v0", "sparse", 1, {SUCCESS: success, RETURN: [(s, 0.0) for s in range(100, 3001, 100)]})
+    assert main(["compare", str(root), "--out", str(tmp_path / "c.png"), "--min-episodes", "10"]) == 0
+    rows = _table_rows(capsys.readouterr().out)
+    assert rows[("EnvC-v0", "sparse")][3] == "1500"
+    assert main(["compare", str(root), "--out", str(tmp_path / "c.png"), "--min-episodes", "1"]) == 0
+    assert _table_rows(capsys.readouterr().out)[("EnvC-v0", "sparse")][3] == "100"
