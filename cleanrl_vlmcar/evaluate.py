@@ -104,7 +104,7 @@ def evaluate(env_id: str, rewards: list[str], view: str = "state", n: int = 20, 
     for reward in rewards:
         if reward == "sparse":
             per = {label: ([float(t.rewards.sum()) for t in trajs[view][label]],
-                           [bool(t.rewards.sum() > 0) for t in trajs[view][label]]) for label in labels}
+                           [t.success for t in trajs[view][label]]) for label in labels}  # the env's own signal
             pr_curve = []
         elif reward == "vlmcar":
             from .generate import reward_program

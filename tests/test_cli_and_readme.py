@@ -21,6 +21,15 @@ def test_readme_views_section_is_current():
     assert section == render(), "run python scripts/update_readme_views.py"
 
 
+def test_readme_rewards_table_is_current():
+    from update_readme_views import render_rewards
+
+    text = (ROOT / "README.md").read_text()
+    section = re.search(r"<!-- rewards:start -->\n(.*)\n<!-- rewards:end -->", text, flags=re.S).group(1)
+    assert section == render_rewards(), "run python scripts/update_readme_views.py"
+    assert section.count("\n| MiniGrid-") == 10 and section.count("\n| Panda") == 4
+
+
 def test_check_ok_and_rejected(tmp_path, capsys):
     assert main(["check", str(ROOT / "examples" / "keycorridor_state.py")]) == 0
     assert "3 sub-task(s)" in capsys.readouterr().out
