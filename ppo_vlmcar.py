@@ -3,6 +3,7 @@
 import json
 import os
 import random
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from typing import Literal, Optional
@@ -247,7 +248,13 @@ if __name__ == "__main__":
     global_step = 0
     start_time = time.time()
     next_obs, infos = envs.reset(seed=args.seed)
-    reward_hook = make_reward_hook(envs, args, writer, infos)  # VLM-CaR: verified reward program -> reward hook
+    try:
+        reward_hook = make_reward_hook(envs, args, writer, infos)  # VLM-CaR: verified reward program -> reward hook
+    except (ValueError, RuntimeError) as e:  # no verified program, unsupported env or view: fail before training
+        envs.close()
+        writer.close()
+        shutil.rmtree(f"runs/{run_name}", ignore_errors=True)
+        raise SystemExit(f"error: {e}")
     next_obs = torch.Tensor(next_obs).to(device)
     next_done = np.zeros(args.num_envs, dtype=bool)
 

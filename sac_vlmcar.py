@@ -99,8 +99,12 @@ class Args:
     """binary (Baumli et al.) or vlmrm (goal-baseline regularisation)"""
     clip_alpha: float = 0.5
     """vlmrm: weight of the goal-baseline projection"""
-    clip_end_episode: bool = False
-    """end the episode when the CLIP reward fires, as in Baumli et al."""
+    clip_template: Optional[str] = None
+    """CLIP goal text template with {mission} (default: one per env family, see cleanrl_vlmcar/clip_reward.py)"""
+    clip_negatives: Optional[tuple[str, ...]] = None
+    """CLIP negative texts, fixed for the whole run (default: one list per env family)"""
+    clip_fp16: bool = False
+    """run CLIP in half precision (GPU only)"""
 
 
 class GoalObservation(gym.ObservationWrapper):
