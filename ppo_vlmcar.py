@@ -111,6 +111,8 @@ class Args:
     """CLIP negative texts, fixed for the whole run (default: one list per env family)"""
     clip_fp16: bool = False
     """run CLIP in half precision (GPU only)"""
+    clip_end_episode: bool = False
+    """end the episode when the CLIP reward fires, as in Baumli et al. (binary mode)"""
 
     # to be filled in runtime
     batch_size: int = 0

@@ -438,7 +438,7 @@ def make_clip_hook(envs, args, writer=None) -> "ClipRewardHook":
         alpha=getattr(args, "clip_alpha", base.alpha),
         fp16=getattr(args, "clip_fp16", False),
     )
-    return ClipRewardHook(config, envs, writer)
+    return ClipRewardHook(config, envs, writer, end_episode=getattr(args, "clip_end_episode", False))
 
 
 def _mission_of(view: dict, env) -> str:
@@ -457,14 +457,23 @@ class ClipRewardHook(RewardHook):
     Frames come from the `pixels` view of each sub-environment and are embedded in one batched forward pass;
     text embeddings are computed once per distinct mission. Logs `clip/p_goal_mean`, `clip/p_goal_max` and
     `clip/rewarded_fraction` every LOG_EVERY vector steps, beside the hook's usual episode tags.
+
+    With `end_episode` (binary mode), an episode ends when the CLIP reward fires, as in Baumli et al.: the step is
+    reported to the learner as a termination (the `terminations` array is updated in place) and the vector env
+    resets that sub-env on the next step, as gymnasium 1.x does for any episode end. The environment's own
+    RecordEpisodeStatistics does not see such an end, so the hook logs `charts/episodic_return` and
+    `charts/episodic_length` for them itself; `clip/episodes_ended` counts them.
     """
 
     LOG_EVERY = 64
 
-    def __init__(self, config: ClipRewardConfig, envs, writer=None):
+    def __init__(self, config: ClipRewardConfig, envs, writer=None, end_episode: bool = False):
         from .views import make_view
 
+        if end_episode and config.mode != "binary":
+            raise ClipRewardError("--clip-end-episode needs the binary CLIP reward (--clip-mode binary)")
         super().__init__(None, envs, writer=writer)
+        self.end_episode, self.episodes_ended = end_episode, 0
         self.config, self.envs = config, envs
         self.adapters_pixels = [make_view(env, "pixels") for env in envs.envs]
         self.clip = ClipReward(config, _mission_of(self.adapters_pixels[0].reset(), envs.envs[0]))
@@ -504,4 +513,20 @@ class ClipRewardHook(RewardHook):
             self.writer.add_scalar(name, float(np.concatenate(self._rewards).mean()), step)
             self._p_goal, self._rewards = [], []
         env_reward = np.asarray(reward, dtype=np.float64)
-        return super().step(reward, terminations, truncations, infos, extra=rewards - env_reward)
+        forced = []
+        if self.end_episode:
+            done = np.logical_or(terminations, truncations)
+            forced = [i for i in range(self.num_envs) if rewards[i] > 0 and not done[i] and not self._autoreset[i]]
+            for i in forced:
+                terminations[i] = True  # the learner sees the episode end here
+                self.envs._autoreset_envs[i] = True  # and the vector env resets this sub-env on the next step
+        shaped = super().step(reward, terminations, truncations, infos, extra=rewards - env_reward)
+        if forced:
+            self.episodes_ended += len(forced)
+            if self.writer is not None:
+                for e in self.episodes:
+                    if e.env_index in forced:
+                        self.writer.add_scalar("charts/episodic_return", e.env_return, self.global_step)
+                        self.writer.add_scalar("charts/episodic_length", e.length, self.global_step)
+                self.writer.add_scalar("clip/episodes_ended", self.episodes_ended, self.global_step)
+        return shaped

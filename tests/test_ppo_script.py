@@ -121,3 +121,16 @@ def test_clip_missing_checkpoint_is_clear(tmp_path):
     r = run(["--reward", "clip", "--clip-model", str(tmp_path / "no_such_clip"), *TINY], tmp_path,
             env={"HF_HUB_OFFLINE": "1"})
     assert r.returncode != 0 and "no_such_clip" in r.stderr
+
+
+def test_clip_end_episode(tmp_path, tiny_clip):
+    # threshold 0: the CLIP reward fires on every step, so with --clip-end-episode every episode lasts one step
+    r = run(["--env-id", "MiniGrid-KeyCorridorS3R1-v0", "--reward", "clip", "--clip-model", tiny_clip,
+             "--clip-threshold", "0.0", "--clip-end-episode", "--num-envs", "2", "--num-steps", "64",
+             "--total-timesteps", "256", "--update-epochs", "1"], tmp_path, env={"HF_HUB_OFFLINE": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    tags = scalars(only_run(tmp_path))
+    lengths = tags["charts/episodic_length"]
+    assert len(lengths) >= 100 and set(lengths) == {1.0}
+    assert tags["clip/episodes_ended"][-1] == len(lengths)
+    assert tags["charts/success_rate"][-1] == 0.0  # ending on CLIP's word is not the env's success
