@@ -150,6 +150,7 @@ class Agent(nn.Module):
         space = envs.single_observation_space
         # MiniGrid's symbolic view (object, colour, state per cell) is categorical: one-hot it; else flatten
         self.minigrid = space.shape[-1:] == (3,) and space.dtype == np.uint8 and len(space.shape) == 3
+        self.flat = len(space.shape) == 1  # already a vector: no feature step at all
         if self.minigrid:
             self.register_buffer("offsets", torch.tensor([0, 11, 17]))  # 11 objects, 6 colours, 3 states
             in_dim = int(np.prod(space.shape[:-1])) * 20
@@ -171,6 +172,8 @@ class Agent(nn.Module):
         )
 
     def features(self, x):
+        if self.flat:
+            return x
         if self.minigrid:
             idx = (x.long().clamp(max=10) + self.offsets).flatten(1, 2)  # (B, cells, 3) indices into 20 slots
             onehot = torch.zeros(idx.shape[0], idx.shape[1], 20, device=x.device)
@@ -184,7 +187,7 @@ class Agent(nn.Module):
         return self.critic(self.features(x))
 
     def get_action_and_value(self, x, action=None):
-        h = self.features(x)
+        h = x if self.flat else self.features(x)
         logits = self.actor(h)
         probs = Categorical(logits=logits)
         if action is None:
@@ -294,7 +297,9 @@ if __name__ == "__main__":
                     writer.add_scalar("charts/episodic_length", infos["episode"]["l"][i], global_step)
 
         # bootstrap value if not done
-        rewards_t, terms_t, dones_t = (torch.from_numpy(x).to(device) for x in (rewards, terms, dones))
+        rewards_t = torch.from_numpy(rewards).to(device)
+        nonterminal = torch.from_numpy(1.0 - terms).to(device)
+        notdone = torch.from_numpy(1.0 - dones).to(device)
         with torch.no_grad():
             next_value = agent.get_value(next_obs).reshape(1, -1)
             advantages = torch.zeros_like(rewards_t)
@@ -303,8 +308,8 @@ if __name__ == "__main__":
                 # after an episode ends, the next stored observation is its true final observation (next-step
                 # autoreset), so truncated episodes bootstrap from it and terminated ones do not
                 nextvalues = next_value if t == args.num_steps - 1 else values[t + 1]
-                delta = rewards_t[t] + args.gamma * nextvalues * (1.0 - terms_t[t]) - values[t]
-                advantages[t] = lastgaelam = delta + args.gamma * args.gae_lambda * (1.0 - dones_t[t]) * lastgaelam
+                delta = rewards_t[t] + args.gamma * nextvalues * nonterminal[t] - values[t]
+                advantages[t] = lastgaelam = delta + args.gamma * args.gae_lambda * notdone[t] * lastgaelam
             returns = advantages + values
 
         # flatten the batch, keeping only real transitions
@@ -315,17 +320,13 @@ if __name__ == "__main__":
         b_advantages = advantages.reshape(-1)[keep]
         b_returns = returns.reshape(-1)[keep]
         b_values = values.reshape(-1)[keep]
-        batch_size = len(b_obs)
-        minibatch_size = max(1, batch_size // args.num_minibatches)
 
         # Optimizing the policy and value network
-        b_inds = np.arange(batch_size)
+        b_inds = np.arange(len(b_obs))
         clipfracs = []
         for epoch in range(args.update_epochs):
             np.random.shuffle(b_inds)
-            for start in range(0, batch_size, minibatch_size):
-                end = start + minibatch_size
-                mb_inds = b_inds[start:end]
+            for mb_inds in np.array_split(b_inds, args.num_minibatches):  # the batch size varies with the mask
 
                 _, newlogprob, entropy, newvalue = agent.get_action_and_value(b_obs[mb_inds], b_actions.long()[mb_inds])
                 logratio = newlogprob - b_logprobs[mb_inds]

@@ -473,6 +473,7 @@ class ClipRewardHook(RewardHook):
         if end_episode and config.mode != "binary":
             raise ClipRewardError("--clip-end-episode needs the binary CLIP reward (--clip-mode binary)")
         super().__init__(None, envs, writer=writer)
+        self.logs_shaped_return = True
         self.end_episode, self.episodes_ended = end_episode, 0
         self.config, self.envs = config, envs
         self.adapters_pixels = [make_view(env, "pixels") for env in envs.envs]

@@ -186,6 +186,7 @@ class RewardHook:
         self.writer, self.global_step = writer, 0
         self.recent: deque[EpisodeRecord] = deque(maxlen=window)
         self._since_rates, self._rates_logged = 0, False
+        self.logs_shaped_return = program is not None
         self._warned = 0
 
     @property
@@ -227,6 +228,8 @@ class RewardHook:
              infos: dict | None = None, extra: np.ndarray | None = None) -> np.ndarray:
         """Shaped rewards for one vector step (environment reward + bonuses [+ `extra`, e.g. another reward
         model's term, added outside autoreset steps])."""
+        if self.program is None and extra is None:
+            return self._step_sparse(reward, terminations, truncations, infos)
         # per-env work is plain Python on lists: numpy scalar access would cost more than the checks themselves
         self.global_step += self.num_envs
         rewards = np.asarray(reward, dtype=np.float64).tolist()
@@ -271,13 +274,42 @@ class RewardHook:
             self._log_failures()
         return (self.env_reward + self.bonus).astype(np.float32)
 
+    def _step_sparse(self, reward, terminations, truncations, infos) -> np.ndarray:
+        """The `sparse` variant: the environment's reward unchanged, and the same episode bookkeeping, vectorised."""
+        self.global_step += self.num_envs
+        self.episodes = []
+        rewards = np.asarray(reward, dtype=np.float64)
+        done = np.logical_or(terminations, truncations)
+        if not isinstance(self._shaped_return, np.ndarray):
+            self._env_return = np.asarray(self._env_return, dtype=np.float64)
+            self._length = np.asarray(self._length, dtype=np.int64)
+            self._shaped_return = self._env_return  # one array: shaped == env return here
+            self._autoreset = np.asarray(self._autoreset, dtype=bool)
+            self._zeros = np.zeros(self.num_envs)
+        if self._autoreset.any():  # reset steps of next-step autoreset start the books over
+            self._env_return[self._autoreset] = 0.0
+            self._length[self._autoreset] = -1  # gymnasium's reset step has reward 0 and is not counted
+        self._env_return += rewards
+        self._length += 1
+        if done.any():
+            for i in np.nonzero(done & ~self._autoreset)[0]:
+                self.episodes.append(EpisodeRecord(int(i), 0, False, float(self._env_return[i]),
+                                                   float(self._env_return[i]), int(self._length[i]),
+                                                   episode_success(i, rewards[i], bool(terminations[i]), infos)))
+            if self.episodes:
+                self._record_episodes()
+        self._autoreset = done
+        self.env_reward, self.bonus = rewards, self._zeros
+        return rewards.astype(np.float32)
+
     def _record_episodes(self) -> None:
         self.recent.extend(self.episodes)
         if self.writer is None:
             return
         step = self.global_step
-        for e in self.episodes:
-            self.writer.add_scalar("charts/shaped_return", e.shaped_return, step)
+        if self.logs_shaped_return:  # in the sparse variant it would only repeat charts/episodic_return
+            for e in self.episodes:
+                self.writer.add_scalar("charts/shaped_return", e.shaped_return, step)
         # the window rates change slowly: write them every LOG_RATES_EVERY episodes (and for the first one)
         self._since_rates += len(self.episodes)
         if self._since_rates < self.LOG_RATES_EVERY and self._rates_logged:

@@ -263,3 +263,23 @@ def test_advance_chains_and_stops_in_order():
     assert advance(lambda k, o, s: truth[k], 0, 4, None, None) == 2
     assert advance(lambda k, o, s: truth[k], 3, 4, None, None) == 4
     assert advance(lambda k, o, s: True, 4, 4, None, None) == 4
+
+
+def test_sparse_hook_matches_record_episode_statistics():
+    # the vectorised `sparse` path keeps the same books as gymnasium's own episode statistics
+    envs = gym.vector.SyncVectorEnv([lambda: gym.wrappers.RecordEpisodeStatistics(gym.make("CartPole-v1"))
+                                     for _ in range(3)])
+    _, infos = envs.reset(seed=0)
+    hook = RewardHook(None, envs)
+    hook.reset(infos)
+    ours, theirs = [], []
+    rng = np.random.default_rng(0)
+    for _ in range(600):
+        _, r, te, tr, infos = envs.step(rng.integers(0, 2, size=3))
+        shaped = hook.step(r, te, tr, infos)
+        np.testing.assert_allclose(shaped, r)
+        ours += [(e.env_index, e.env_return, e.length) for e in hook.episodes]
+        if "episode" in infos:
+            theirs += [(int(i), float(infos["episode"]["r"][i]), int(infos["episode"]["l"][i]))
+                       for i in np.nonzero(infos["_episode"])[0]]
+    assert len(ours) > 20 and ours == theirs
