@@ -1,12 +1,9 @@
 """ppo_vlmcar.py end to end with tiny budgets (as CleanRL's own tests do): tags, reward variants, failures."""
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from script_runs import only_run, run_script, scalars
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = str(ROOT / "ppo_vlmcar.py")
@@ -14,20 +11,7 @@ TINY = ["--num-envs", "2", "--num-steps", "128", "--total-timesteps", "1024", "-
 
 
 def run(args, cwd, env=None, timeout=300):
-    return subprocess.run([sys.executable, SCRIPT, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
-
-
-def scalars(run_dir: Path) -> dict[str, list[float]]:
-    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
-    acc.Reload()
-    return {tag: [e.value for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
-
-
-def only_run(cwd: Path) -> Path:
-    runs = list((cwd / "runs").iterdir())
-    assert len(runs) == 1, runs
-    return runs[0]
+    return run_script(SCRIPT, args, cwd, env, timeout)
 
 
 @pytest.mark.parametrize("reward", ["sparse", "vlmcar"])

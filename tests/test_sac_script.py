@@ -2,14 +2,11 @@
 clear failures before training."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from script_runs import only_run, run_script, scalars
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = str(ROOT / "sac_vlmcar.py")
@@ -37,20 +34,7 @@ def subtask_3(obs, start):
 
 
 def run(args, cwd, env=None, timeout=300):
-    return subprocess.run([sys.executable, SCRIPT, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
-
-
-def scalars(run_dir: Path) -> dict[str, list[float]]:
-    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
-    acc.Reload()
-    return {tag: [e.value for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
-
-
-def only_run(cwd: Path) -> Path:
-    runs = list((cwd / "runs").iterdir())
-    assert len(runs) == 1, runs
-    return runs[0]
+    return run_script(SCRIPT, args, cwd, env, timeout)
 
 
 def no_runs(cwd: Path) -> bool:
