@@ -218,3 +218,14 @@ def test_verify_cli_exit_codes(tmp_path, capsys):
     assert "no cached program" in capsys.readouterr().err
     # the shipped program for KeyCorridorS3R1 is found without --program
     assert main(["verify", *common]) == 0
+
+
+def test_pixel_stall_frame_is_saved_as_png(tmp_path):
+    from PIL import Image
+
+    never = "SUBTASKS = ['never']\ndef subtask_1(obs, start):\n    return False\n"
+    report = verify_env(never, KC, "pixels", n=2, cache_dir=tmp_path, progress=False, store_trajectories=False)
+    assert not report.passed and report.stall is not None
+    png = Path(report.stall.frame_png)
+    assert png.exists() and Image.open(png).size == (7 * 16, 3 * 16)
+    assert str(png) in report.to_text()
