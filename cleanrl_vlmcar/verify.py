@@ -10,6 +10,7 @@ can read in the feedback round.
 from __future__ import annotations
 
 import io
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ class SubtaskResult:
     mean_expert_step: float | None
     exceptions: int = 0
     first_exception: str = ""
+    us_per_call: float | None = None  # mean time of one check call (the hook runs it on every step)
 
 
 @dataclass
@@ -91,12 +93,13 @@ class VerifyReport:
         if self.error:
             out.write(f"\nThe program could not be run:\n{self.error}\n")
         if self.subtasks:
-            out.write("\n| # | sub-task | expert | random | mean expert step | exceptions |\n"
-                      "| --- | --- | --- | --- | --- | --- |\n")
+            out.write("\n| # | sub-task | expert | random | mean expert step | exceptions | us per check |\n"
+                      "| --- | --- | --- | --- | --- | --- | --- |\n")
             for s in self.subtasks:
                 step = "-" if s.mean_expert_step is None else f"{s.mean_expert_step:.1f}"
+                cost = "-" if s.us_per_call is None else f"{s.us_per_call:.1f}"
                 out.write(f"| {s.index} | {s.description} | {s.expert_rate:.0%} | {s.random_rate:.0%} | {step} | "
-                          f"{s.exceptions} |\n")
+                          f"{s.exceptions} | {cost} |\n")
             if self.precision is not None:
                 out.write(f"\nAgreement of the final sub-task with the environment's success over all trajectories: "
                           f"precision {self.precision:.2f}, recall {self.recall:.2f}.\n")
@@ -123,6 +126,8 @@ class VerifyReport:
 class _TrajResult:
     completion_steps: list[int | None]
     exceptions: list[tuple[int, str]]  # (sub-task index 0-based, short traceback)
+    check_seconds: list[float] = field(default_factory=list)  # time spent in each sub-task's check
+    check_calls: list[int] = field(default_factory=list)
 
 
 def _evaluate(source: str, constants: dict, trajectories: list[list[dict]]) -> list[_TrajResult]:
@@ -133,7 +138,10 @@ def _evaluate(source: str, constants: dict, trajectories: list[list[dict]]) -> l
         start = views[0]
         exceptions: list[tuple[int, str]] = []
 
+        seconds, calls = [0.0] * program.num_subtasks, [0] * program.num_subtasks
+
         def check(k, obs, start_view):
+            t0 = time.perf_counter()
             try:
                 return program.check_raw(k, obs, start_view)
             except Exception as e:  # noqa: BLE001
@@ -142,6 +150,9 @@ def _evaluate(source: str, constants: dict, trajectories: list[list[dict]]) -> l
                 else:
                     exceptions.append((k, ""))
                 return False
+            finally:
+                seconds[k] += time.perf_counter() - t0
+                calls[k] += 1
 
         steps: list[int | None] = [None] * program.num_subtasks
         k = 0
@@ -152,8 +163,13 @@ def _evaluate(source: str, constants: dict, trajectories: list[list[dict]]) -> l
             for j in range(k, new_k):
                 steps[j] = t
             k = new_k
-        results.append(_TrajResult(steps, exceptions))
+        results.append(_TrajResult(steps, exceptions, seconds, calls))
     return results
+
+
+def _us_per_call(results: list[_TrajResult], j: int) -> float | None:
+    calls = sum(r.check_calls[j] for r in results)
+    return 1e6 * sum(r.check_seconds[j] for r in results) / calls if calls else None
 
 
 def describe_view(view: dict) -> str:
@@ -210,7 +226,8 @@ def verify_program(source: str, constants: dict, env_id: str, view: str, expert:
             expert_rate=len(ex_steps) / len(ex_res),
             random_rate=(sum(r.completion_steps[j] is not None for r in rnd_res) / len(rnd_res)) if rnd_res else 0.0,
             mean_expert_step=float(np.mean(ex_steps)) if ex_steps else None,
-            exceptions=len(errs), first_exception=next((tb for _, tb in errs if tb), "")))
+            exceptions=len(errs), first_exception=next((tb for _, tb in errs if tb), ""),
+            us_per_call=_us_per_call(results, j)))
     report.task_expert_rate = report.subtasks[-1].expert_rate
     report.task_random_rate = report.subtasks[-1].random_rate
 

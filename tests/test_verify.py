@@ -229,3 +229,12 @@ def test_pixel_stall_frame_is_saved_as_png(tmp_path):
     png = Path(report.stall.frame_png)
     assert png.exists() and Image.open(png).size == (7 * 16, 3 * 16)
     assert str(png) in report.to_text()
+
+
+def test_report_measures_check_cost(cache_dir):
+    slow = ("SUBTASKS = ['a', 'b']\ndef subtask_1(obs, start):\n    return obs['carrying'] is not None\n"
+            "def subtask_2(obs, start):\n    x = 0\n    for i in range(20000):\n        x += i\n    return False\n")
+    report = verify(slow, cache_dir)
+    fast, slow_cost = report.subtasks[0].us_per_call, report.subtasks[1].us_per_call
+    assert fast is not None and slow_cost is not None and slow_cost > 10 * fast
+    assert "us per check" in report.to_text()
