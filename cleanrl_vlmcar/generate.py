@@ -90,7 +90,7 @@ def feedback_prompt(env_id: str, task: str, note: str, spec: ViewSpec, images, p
                                    view_doc=spec.doc(), program_format=prompts.PROGRAM_FORMAT,
                                    rules=_rules(n, expert_threshold, random_threshold),
                                    previous_program=previous_program.strip() or "(no program could be read from "
-                                   "your answer)", report=report.to_text())
+                                   "your answer)", report=report.to_text(costs=False))
     return Prompt(text=text, images=images, system=prompts.SYSTEM)
 
 

@@ -80,8 +80,10 @@ class VerifyReport:
         d["stall"] = Stall(**d["stall"]) if d.get("stall") else None
         return cls(**d)
 
-    def to_text(self) -> str:
-        """The report as a Markdown table plus findings; the same text is sent back to the VLM as feedback."""
+    def to_text(self, costs: bool = True) -> str:
+        """The report as a Markdown table plus findings; the same text, without the measured check costs (timings
+        vary from run to run, and prompts must be reproducible for the cache and the manual backend), is sent
+        back to the VLM as feedback."""
         out = io.StringIO()
         verdict = "PASSED" if self.passed else "FAILED"
         out.write(f"Verification {verdict} for {self.env_id} ({self.view} view): expert trajectories {self.expert_n}"
@@ -93,13 +95,14 @@ class VerifyReport:
         if self.error:
             out.write(f"\nThe program could not be run:\n{self.error}\n")
         if self.subtasks:
-            out.write("\n| # | sub-task | expert | random | mean expert step | exceptions | us per check |\n"
-                      "| --- | --- | --- | --- | --- | --- | --- |\n")
+            out.write("\n| # | sub-task | expert | random | mean expert step | exceptions |"
+                      + (" us per check |" if costs else "") + "\n| --- | --- | --- | --- | --- | --- |"
+                      + (" --- |" if costs else "") + "\n")
             for s in self.subtasks:
                 step = "-" if s.mean_expert_step is None else f"{s.mean_expert_step:.1f}"
                 cost = "-" if s.us_per_call is None else f"{s.us_per_call:.1f}"
                 out.write(f"| {s.index} | {s.description} | {s.expert_rate:.0%} | {s.random_rate:.0%} | {step} | "
-                          f"{s.exceptions} | {cost} |\n")
+                          f"{s.exceptions} |" + (f" {cost} |" if costs else "") + "\n")
             if self.precision is not None:
                 out.write(f"\nAgreement of the final sub-task with the environment's success over all trajectories: "
                           f"precision {self.precision:.2f}, recall {self.recall:.2f}.\n")
