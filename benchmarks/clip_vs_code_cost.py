@@ -15,11 +15,11 @@ envs and one frame at a time, with torch's default thread count and again with 1
 small machine shared with other jobs, multi-threaded timings swing widely; the 1-thread rows and
 the min column are the steadier figures; the load average is printed and stored).
 
-Code side: a stand-in check program that reads a dict view ``{"carrying": (type_idx,
-color_idx) | None, "grid": grid.encode() ndarray}`` and returns whether a key is carried and a
-door is open, scanning the grid with numpy.  ``--program FILE`` times FILE instead: a reward
-program in the project's format (e.g. ``examples/keycorridor_state.py``) or plain Python with
-``check(view)``.  Building the view from the env (a full ``grid.encode()``) is timed separately.
+Code side: the verified program that training uses (the newest passing `reward_cache/` entry for
+``MiniGrid-KeyCorridorS3R1-v0``, state view; ``--program FILE`` times a program file in the project's format
+instead), on views built by the project's own state-view adapter along random-action episodes. Timed: the check
+the reward hook runs on each step (the next sub-task's, per the hook's in-order progress), all K checks per step
+(an upper bound), and building the view.
 
 Writes a Markdown table to stdout and the rows as JSON to
 ``benchmarks/results/clip_vs_code_cost.json``.
@@ -30,7 +30,6 @@ Writes a Markdown table to stdout and the rows as JSON to
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import platform
@@ -48,61 +47,20 @@ HERE = Path(__file__).resolve().parent
 
 
 # ------------------------------------------------------------------------------ code side
-def builtin_check(view: dict) -> bool:
-    """Stand-in check program: key carried and some door open."""
-    from minigrid.core.constants import OBJECT_TO_IDX, STATE_TO_IDX
+def load_verified_program(path: str | None, env):
+    """(RewardProgram, description): FILE in the project's format, or the shipped verified cache entry."""
+    from cleanrl_vlmcar import cache
+    from cleanrl_vlmcar.program import load_program
+    from cleanrl_vlmcar.views import get_spec
 
-    carrying = view["carrying"]
-    has_key = carrying is not None and carrying[0] == OBJECT_TO_IDX["key"]
-    grid = view["grid"]
-    door_open = bool(np.any((grid[..., 0] == OBJECT_TO_IDX["door"]) & (grid[..., 2] == STATE_TO_IDX["open"])))
-    return has_key and door_open
-
-
-def load_program(path: str):
-    """A callable ``fn(view, start)`` from FILE.
-
-    FILE is either the project's reward-program format (``SUBTASKS`` + ``subtask_k(obs, start)``,
-    loaded through ``cleanrl_vlmcar.program.RewardProgram`` with the MiniGrid constants; every
-    sub-task is checked each step, an upper bound on what the reward hook runs) or plain Python
-    defining ``check(view)`` or ``reward(view)``.
-    """
-    source = Path(path).read_text()
-    if "SUBTASKS" in source and "def subtask_1" in source:
-        from minigrid.core.constants import COLOR_TO_IDX, DIR_TO_VEC, OBJECT_TO_IDX, STATE_TO_IDX
-
-        from cleanrl_vlmcar.program import RewardProgram
-
-        constants = {"OBJECT_TO_IDX": dict(OBJECT_TO_IDX), "COLOR_TO_IDX": dict(COLOR_TO_IDX),
-                     "STATE_TO_IDX": dict(STATE_TO_IDX), "DIR_TO_VEC": [tuple(int(x) for x in v) for v in DIR_TO_VEC]}
-        prog = RewardProgram(source, constants=constants, name=path)
-        ks = range(prog.num_subtasks)
-
-        def run(view, start):
-            return [prog.check(k, view, start) for k in ks]
-
-        run.stats = prog.stats  # failures are counted there, not raised
-        return run, f"{os.path.basename(path)} ({prog.num_subtasks} sub-tasks, all checked per step)"
-    spec = importlib.util.spec_from_file_location("bench_program", path)
-    if spec is None or spec.loader is None:
-        raise SystemExit(f"cannot import --program {path!r}")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    for name in ("check", "reward"):
-        fn = getattr(mod, name, None)
-        if callable(fn):
-            return (lambda view, start: fn(view)), os.path.basename(path)
-    raise SystemExit(f"--program {path!r} defines neither SUBTASKS/subtask_k, check(view) nor reward(view)")
-
-
-def make_view(env) -> dict:
-    from minigrid.core.constants import COLOR_TO_IDX, OBJECT_TO_IDX
-
-    u = env.unwrapped
-    c = u.carrying
-    carrying = None if c is None else (OBJECT_TO_IDX[c.type], COLOR_TO_IDX[c.color])
-    return {"carrying": carrying, "grid": u.grid.encode(), "agent_pos": tuple(int(a) for a in u.agent_pos),
-            "agent_dir": int(u.agent_dir), "mission": u.mission}
+    constants = get_spec(env, "state").constants()
+    if path:
+        return load_program(Path(path).read_text(), constants, os.path.basename(path)), os.path.basename(path)
+    found = cache.lookup(ENV_ID, "state")
+    if found is None:
+        raise SystemExit(f"error: no verified program for {ENV_ID} (state) in the reward cache; pass --program FILE")
+    entry_path, entry = found
+    return load_program(entry["program"], constants, entry_path.name), f"verified cache entry {entry_path.name}"
 
 
 # ------------------------------------------------------------------------------ CLIP side
@@ -164,7 +122,8 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=16, help="random steps per env to collect frames/views")
     ap.add_argument("--reps", type=int, default=10, help="timed repetitions of each CLIP measurement")
     ap.add_argument("--code-calls", type=int, default=20000, help="timed calls of the check program")
-    ap.add_argument("--program", default=None, help="Python file defining check(view) or reward(view)")
+    ap.add_argument("--program", default=None, help="a reward program file (default: the shipped verified one)")
+    ap.add_argument("--code-steps", type=int, default=300, help="random steps per env for the code-side views")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     ap.add_argument("--no-single-thread", action="store_true", help="skip the extra 1-thread CLIP measurement")
     ap.add_argument("--out", default=str(HERE / "results" / "clip_vs_code_cost.json"))
@@ -183,30 +142,42 @@ def main(argv=None) -> int:
     load_start = os.getloadavg()
     rows = []
 
-    # ---- environments: frames and views
+    # ---- environments: frames (CLIP) and the project's state views (code)
+    from cleanrl_vlmcar.integrate import advance
+    from cleanrl_vlmcar.views import make_view
+
     envs = [gym.make(ENV_ID) for _ in range(args.n_envs)]
+    program, prog_name = load_verified_program(args.program, envs[0])
     rng = np.random.default_rng(0)
-    starts = []
+    adapters = [make_view(e, "state") for e in envs]
+    starts, next_k = [], [0] * args.n_envs
     for i, e in enumerate(envs):
         e.reset(seed=i)
         e.unwrapped.get_frame(highlight=False, tile_size=16)  # warm the tile cache
-        starts.append(make_view(e))
+        starts.append(adapters[i].reset())
     mission = envs[0].unwrapped.mission
-    frames, views, render_s, view_s = [], [], [], []
-    for _ in range(args.steps):
+    frames, render_s, view_s = [], [], []
+    views = []  # (view, start, next sub-task as the hook would have it before this step's check)
+    for t in range(max(args.steps, args.code_steps)):
         step_frames = []
         for j, e in enumerate(envs):
             _, _, term, trunc, _ = e.step(int(rng.integers(e.action_space.n)))
             if term or trunc:
                 e.reset()
-                starts[j] = make_view(e)
+                starts[j], next_k[j] = adapters[j].reset(), 0
+                continue
+            if t < args.steps:
+                t0 = time.perf_counter()
+                step_frames.append(e.unwrapped.get_frame(highlight=False, tile_size=16))
+                render_s.append(time.perf_counter() - t0)
             t0 = time.perf_counter()
-            step_frames.append(e.unwrapped.get_frame(highlight=False, tile_size=16))
-            render_s.append(time.perf_counter() - t0)
-            t0 = time.perf_counter()
-            views.append((make_view(e), starts[j]))
+            view = adapters[j].step()
             view_s.append(time.perf_counter() - t0)
-        frames.append(np.stack(step_frames))
+            views.append((view, starts[j], next_k[j]))
+            next_k[j] = advance(program.check, next_k[j], program.num_subtasks, view, starts[j])
+        if step_frames:
+            frames.append(np.stack(step_frames))
+    frames = [f for f in frames if len(f) == args.n_envs] or frames
     fshape = frames[0].shape[1:]
 
     # ---- CLIP
@@ -254,30 +225,40 @@ def main(argv=None) -> int:
     rows.append(row("render frame (get_frame, tile 16)", "ms/frame", [s * ms for s in render_s], 1,
                     f"{fshape[0]}x{fshape[1]} RGB; needed by CLIP only"))
 
-    # ---- code
-    if args.program:
-        check, prog_name = load_program(args.program)
-    else:
-        check, prog_name = (lambda view, start: builtin_check(view)), "built-in stand-in (key carried and door open)"
-    for v, st in views[:100]:
-        check(v, st)
-    n = args.code_calls
-    chunk = max(1, n // 5)
-    chunks = []
-    for c in range(5):
-        t0 = time.perf_counter()
-        for i in range(chunk):
-            v, st = views[(c * chunk + i) % len(views)]
-            check(v, st)
-        chunks.append((time.perf_counter() - t0) / chunk * 1e6)
-    failures = getattr(check, "stats", None)
-    if failures is not None and failures.total:
-        prog_name += f"; WARNING {failures.total} failing checks"
-        print(f"warning: the program failed {failures.total} checks, e.g. {failures.examples[:1]}")
-    rows.append(row("code check program", "us/step", chunks, 1, prog_name))
-    rows.append(row("  build dict view (grid.encode + carrying)", "us/step", [s * 1e6 for s in view_s], 1,
-                    "full encode each step; the project's MiniGridStateView re-encodes one cell"))
+    # ---- code: the checks as the reward hook runs them (next sub-task only), and all K of them
+    K = program.num_subtasks
 
+    def hook_checks(v, st, k):
+        return advance(program.check, k, K, v, st)
+
+    def all_checks(v, st, k):
+        return [program.check(i, v, st) for i in range(K)]
+
+    def time_calls(fn):
+        for v, st, k in views[:100]:
+            fn(v, st, k)  # warm-up
+        chunk = max(1, args.code_calls // 5)
+        out = []
+        for c in range(5):
+            t0 = time.perf_counter()
+            for i in range(chunk):
+                v, st, k = views[(c * chunk + i) % len(views)]
+                fn(v, st, k)
+            out.append((time.perf_counter() - t0) / chunk * 1e6)
+        return out
+
+    hook_us, all_us = time_calls(hook_checks), time_calls(all_checks)
+    if program.stats.total:
+        prog_name += f"; WARNING {program.stats.total} failing checks"
+        print(f"warning: the program failed {program.stats.total} checks")
+    share = np.bincount([k for _, _, k in views], minlength=K + 1) / len(views)
+    rows.append(row("code: verified program, the check the hook runs per step", "us/step", hook_us, 1,
+                    f"{prog_name}; steps by next sub-task: " + ", ".join(f"{x:.0%}" for x in share)))
+    rows.append(row(f"code: all {K} checks per step (upper bound)", "us/step", all_us, 1, prog_name))
+    rows.append(row("  build the state view (project's incremental adapter)", "us/step",
+                    [s * 1e6 for s in view_s], 1, "MiniGridStateView.step"))
+
+    code_row, view_row = rows[-3], rows[-1]
     code_row, view_row = rows[-2], rows[-1]
     ratios = {}
     for nt in thread_counts:
