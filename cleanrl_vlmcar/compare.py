@@ -328,8 +328,18 @@ def group_curve(members: list[Run], tag: str, smooth: int, points: int = 300):
     return grid, mean, se, len(series)
 
 
+def _steps_label(x: float, _pos=None) -> str:
+    """Axis label for a step count: 0, 500, 50k, 1.5M (plain numbers of six digits overlap on narrow panels)."""
+    if abs(x) >= 1e6:
+        return f"{x / 1e6:g}M"
+    if abs(x) >= 1e3:
+        return f"{x / 1e3:g}k"
+    return f"{x:g}"
+
+
 def plot(groups: dict, tags: list[str], out: str, smooth: int, threshold: float) -> None:
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -358,6 +368,7 @@ def plot(groups: dict, tags: list[str], out: str, smooth: int, threshold: float)
                 ax.axhline(threshold, color="grey", linestyle=":", linewidth=1)
             ax.set_title(f"{env}\n{tag}", fontsize=9)
             ax.set_xlabel("global step")
+            ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(_steps_label))
             ax.grid(alpha=0.3)
             if ax.has_data():
                 ax.legend(fontsize=8)

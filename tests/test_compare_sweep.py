@@ -363,3 +363,9 @@ def test_success_before_the_window_fills_is_not_counted(tmp_path, capsys):
     assert rows[("EnvC-v0", "sparse")][3] == "1500"
     assert main(["compare", str(root), "--out", str(tmp_path / "c.png"), "--min-episodes", "1"]) == 0
     assert _table_rows(capsys.readouterr().out)[("EnvC-v0", "sparse")][3] == "100"
+
+
+def test_step_axis_labels_are_short():
+    from cleanrl_vlmcar.compare import _steps_label
+
+    assert [_steps_label(x) for x in (0, 500, 25000, 125000, 1e6, 1.5e6)] == ["0", "500", "25k", "125k", "1M", "1.5M"]
