@@ -11,13 +11,6 @@ from cleanrl_vlmcar.evaluate import POLICIES, _prf
 KC = "MiniGrid-KeyCorridorS3R1-v0"
 
 
-@pytest.fixture(scope="module")
-def tiny_clip(tmp_path_factory):
-    from tiny_clip import build_tiny_clip
-
-    return build_tiny_clip(tmp_path_factory.mktemp("tiny_clip"))
-
-
 def test_prf_hand_values():
     import numpy as np
 

@@ -3,7 +3,7 @@
 from pathlib import Path
 
 import pytest
-from script_runs import only_run, run_script, scalars
+from script_runs import assert_every_frame_rewarded, only_run, run_script, scalars
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = str(ROOT / "ppo_vlmcar.py")
@@ -76,13 +76,6 @@ def test_bad_flags_and_env_ids(tmp_path):
     assert r.returncode != 0 and "depth" in r.stderr
 
 
-@pytest.fixture(scope="module")
-def tiny_clip(tmp_path_factory):
-    from tiny_clip import build_tiny_clip
-
-    return build_tiny_clip(tmp_path_factory.mktemp("tiny_clip"))
-
-
 def test_clip_reward_variant(tmp_path, tiny_clip):
     # threshold 0: every frame is rewarded, so the shaped return (CLIP reward) is the episode length
     r = run(["--env-id", "MiniGrid-KeyCorridorS3R1-v0", "--reward", "clip", "--clip-model", tiny_clip,
@@ -90,13 +83,7 @@ def test_clip_reward_variant(tmp_path, tiny_clip):
     assert r.returncode == 0, r.stderr[-3000:]
     run_dir = only_run(tmp_path)
     assert "-clip__" in run_dir.name
-    tags = scalars(run_dir)
-    for tag in ["charts/episodic_return", "charts/shaped_return", "charts/success_rate", "clip/p_goal_mean",
-                "clip/rewarded_fraction"]:
-        assert tag in tags, (tag, sorted(tags))
-    assert tags["clip/rewarded_fraction"][-1] == 1.0
-    assert tags["charts/shaped_return"] == pytest.approx(tags["charts/episodic_length"])
-    assert all(0.0 <= p <= 1.0 for p in tags["clip/p_goal_mean"])
+    assert_every_frame_rewarded(scalars(run_dir))
 
 
 def test_clip_missing_checkpoint_is_clear(tmp_path):
