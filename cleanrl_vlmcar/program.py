@@ -20,6 +20,7 @@ runs in-process during training, where `RewardProgram.check` turns any failure i
 from __future__ import annotations
 
 import ast
+import builtins
 import linecache
 import math
 import re
@@ -38,7 +39,7 @@ ALLOWED_IMPORTS = {("numpy", "np"), ("math", "math")}
 
 #: builtins a program may call: pure functions on numbers and containers.
 SAFE_BUILTINS: dict[str, Any] = {
-    name: __builtins__[name] if isinstance(__builtins__, dict) else getattr(__builtins__, name)
+    name: getattr(builtins, name)
     for name in (
         "abs", "all", "any", "bool", "dict", "divmod", "enumerate", "filter", "float", "frozenset", "int",
         "isinstance", "len", "list", "map", "max", "min", "pow", "range", "reversed", "round", "set", "slice",
@@ -248,11 +249,20 @@ def check_source(source: str, name: str = "<program>") -> ProgramInfo:
 
 
 def _restricted_import(name, globals=None, locals=None, fromlist=(), level=0):  # noqa: A002
-    """The only import a program can run: the two modules the static check allows."""
+    """The only imports a program can run: the two modules the static check allows, and numpy's own submodules.
+
+    numpy's C code imports some of its helpers lazily through the calling frame's `__import__` (for instance
+    `numpy._core._methods` the first time `arr.any()`, `arr.sum()` or `arr.max()` runs in a process), so those
+    must pass, or a correct program fails depending on what ran before it. A program cannot reach this function
+    itself: the static check rejects every import statement but `import numpy as np` and `import math`, and
+    every name with a double underscore.
+    """
     if name == "numpy" and not fromlist:
         return np
     if name == "math" and not fromlist:
         return math
+    if name.startswith("numpy.") and level == 0:
+        return builtins.__import__(name, globals, locals, fromlist, level)
     raise ImportError(f"import of '{name}' is not allowed in reward programs")
 
 
@@ -283,9 +293,9 @@ class RewardProgram:
         self.num_subtasks = len(self.subtasks)
         # register the source so that tracebacks show the program's lines
         linecache.cache[name] = (len(source), None, source.splitlines(True), name)
-        builtins = dict(SAFE_BUILTINS)
-        builtins["__import__"] = _restricted_import
-        namespace: dict[str, Any] = {"__builtins__": builtins, "__name__": "reward_program", "np": np, "math": math}
+        program_builtins = dict(SAFE_BUILTINS)
+        program_builtins["__import__"] = _restricted_import
+        namespace: dict[str, Any] = {"__builtins__": program_builtins, "__name__": "reward_program", "np": np, "math": math}
         namespace.update(constants or {})
         try:
             exec(compile(source, name, "exec"), namespace)  # noqa: S102 - checked above, minimal builtins

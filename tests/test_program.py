@@ -1,6 +1,8 @@
 """The reward-program format, its static safety check, safe loading and runtime containment."""
 
 import math
+import subprocess
+import sys
 import textwrap
 
 import numpy as np
@@ -165,6 +167,36 @@ def test_minimal_builtins_at_runtime():
     p = load_program(prog("return bool(hex(3))"))
     assert p.check(0, None, None) is False
     assert p.stats.errors == 1 and "NameError" in p.stats.examples[0]
+
+
+def test_array_methods_work_in_a_fresh_process():
+    # numpy imports `numpy._core._methods` lazily, through the calling frame's __import__, the first time
+    # arr.any() / arr.sum() / arr.max() ... run in a process; a program must not fail on that. A fresh interpreter
+    # is needed: in this one, other tests have already warmed numpy's cache.
+    code = textwrap.dedent("""
+        import numpy as np
+        from cleanrl_vlmcar.program import load_program
+        methods = ["any", "all", "sum", "mean", "max", "min", "std", "prod", "var"]
+        body = " and ".join(f"bool(a.{m}() >= 0)" for m in methods)
+        p = load_program(f"SUBTASKS = ['x']\\ndef subtask_1(obs, start):\\n    a = obs['a']\\n    return {body}\\n")
+        print(p.check_raw(0, {"a": np.ones(3)}, {}))
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "True"
+
+
+def test_runtime_import_allows_only_numpy_and_math():
+    from cleanrl_vlmcar.program import _restricted_import
+    assert _restricted_import("numpy") is np and _restricted_import("math") is math
+    assert _restricted_import("numpy.linalg", fromlist=("norm",)) is np.linalg
+    for name in ("os", "numpyx", "subprocess", "math.os"):
+        with pytest.raises(ImportError, match="not allowed"):
+            _restricted_import(name)
+    with pytest.raises(ImportError, match="not allowed"):
+        _restricted_import("numpy", fromlist=("load",))
+    with pytest.raises(ImportError, match="not allowed"):
+        _restricted_import("numpy.linalg", level=1)
 
 
 # ----------------------------------------------------------------------------------------------------------
