@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
@@ -67,6 +68,19 @@ def write_entry(entry: dict[str, Any], path: Path) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def set_aside(path: Path) -> Path:
+    """Rename an entry to `{stem}__{created}.json` beside it, so that a new synthesis with the same key (`--force`)
+    does not overwrite it. It stays an entry for (env id, view): training still uses the newest passing one."""
+    entry = read_entry(path)
+    stamp = re.sub(r"[^0-9T]", "", entry.get("created", ""))[:15] or "earlier"
+    target, n = path.with_name(f"{path.stem}__{stamp}.json"), 1
+    while target.exists():
+        n += 1
+        target = path.with_name(f"{path.stem}__{stamp}-{n}.json")
+    os.replace(path, target)
+    return target
 
 
 def read_entry(path: str | Path) -> dict[str, Any]:

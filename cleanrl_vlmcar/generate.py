@@ -185,12 +185,14 @@ def synthesize(env_id: str, view: str, backend: Backend, config: SynthesisConfig
     recorded: list[dict] = []
     if path.exists():
         entry = cache.read_entry(path)
-        if entry.get("complete", True) and not cfg.force:
+        if not entry.get("complete", True):
+            recorded = entry["rounds"]  # resume an interrupted synthesis from its recorded answers
+        elif not cfg.force:
             _log(f"cache hit: {path}", cfg.progress)
             report = VerifyReport.from_dict(entry["report"]) if entry.get("report") else None
             return SynthesisResult(path, entry, bool(entry["passed"]), report, from_cache=True)
-        if not cfg.force:
-            recorded = entry["rounds"]  # resume an interrupted synthesis from its recorded answers
+        else:  # --force: synthesize again, and keep the earlier entry beside the new one
+            _log(f"--force: the earlier entry is kept as {cache.set_aside(path)}", cfg.progress)
 
     entry: dict[str, Any] = {
         "env_id": env_id, "view": view, "backend": backend.name, "model": backend.model, "settings": settings,

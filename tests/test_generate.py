@@ -480,6 +480,41 @@ def test_all_rounds_failing_is_recorded_and_cached(cfg):
         synthesize(ENV, "state", Exploding([]), cfg(rounds=2, force=True))
 
 
+def test_force_keeps_the_earlier_entry(cfg):
+    """--force synthesizes again under the same key; the earlier entry is set aside, not overwritten."""
+    first = synthesize(ENV, "state", Scripted([GOOD_ANSWER]), cfg(rounds=1))
+    assert first.passed
+    before = first.path.read_text()
+    # a forced synthesis that fails: the earlier passing program is still there and still the one training uses
+    forced = synthesize(ENV, "state", Scripted([WRONG_ANSWER]), cfg(rounds=1, force=True))
+    assert not forced.passed and forced.path == first.path
+    kept = [p for p in _entries(cfg().reward_cache) if p != first.path]
+    assert len(kept) == 1 and kept[0].read_text() == before
+    assert kept[0].name.startswith(first.path.stem + "__") and kept[0].suffix == ".json"
+    found = cache.lookup(ENV, "state", cfg().reward_cache)
+    assert found is not None and found[0] == kept[0] and found[1]["program"] == GOOD
+    # forcing again keeps both earlier entries, even when they were created in the same second
+    synthesize(ENV, "state", Scripted([GOOD_ANSWER]), cfg(rounds=1, force=True))
+    assert len(_entries(cfg().reward_cache)) == 3
+    assert cache.lookup(ENV, "state", cfg().reward_cache)[0] == first.path  # the newest passing entry
+
+
+def test_force_resumes_an_interrupted_synthesis(cfg):
+    """An incomplete entry is resumed from its recorded answers, with or without --force (nothing is asked twice)."""
+    class DownAfterOne(Scripted):
+        def complete(self, prompt):
+            if not self.answers:
+                raise BackendError("endpoint down")
+            return super().complete(prompt)
+
+    with pytest.raises(BackendError):
+        synthesize(ENV, "state", DownAfterOne([WRONG_ANSWER]), cfg(rounds=2))  # round 2 fails: saved, incomplete
+    assert cache.read_entry(_entries(cfg().reward_cache)[0])["complete"] is False
+    resumed = synthesize(ENV, "state", Scripted([GOOD_ANSWER]), cfg(rounds=2, force=True))
+    assert resumed.passed and [r["answer"] for r in resumed.entry["rounds"]] == [WRONG_ANSWER, GOOD_ANSWER]
+    assert len(_entries(cfg().reward_cache)) == 1
+
+
 def test_cache_backend_replays_only(tmp_path, capsys):
     """`synthesize --vlm cache` (the CLI default) serves the newest verified entry and never calls a model."""
     rc, traj = tmp_path / "rc", tmp_path / "traj"
