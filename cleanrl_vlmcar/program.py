@@ -295,7 +295,8 @@ class RewardProgram:
         linecache.cache[name] = (len(source), None, source.splitlines(True), name)
         program_builtins = dict(SAFE_BUILTINS)
         program_builtins["__import__"] = _restricted_import
-        namespace: dict[str, Any] = {"__builtins__": program_builtins, "__name__": "reward_program", "np": np, "math": math}
+        namespace: dict[str, Any] = {"__builtins__": program_builtins, "__name__": "reward_program",
+                                     "np": np, "math": math}
         namespace.update(constants or {})
         try:
             exec(compile(source, name, "exec"), namespace)  # noqa: S102 - checked above, minimal builtins
