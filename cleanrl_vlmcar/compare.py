@@ -10,7 +10,8 @@ Reads the TensorBoard event files written by `ppo_vlmcar.py` / `sac_vlmcar.py` (
   `vlmcar`, ...); when the runs found come from more than one `exp_name` (say `ppo_vlmcar` and
   `ppo_vlmcar_pixels`) it is `{exp_name}-{reward}` so that different set-ups are never averaged together.
   Two runs of the same group and seed: the one logged furthest (then the newest) is kept, with a warning.
-  Runs of one group whose args.json differ elsewhere (e.g. total_timesteps, view) get a warning too.
+  Runs of one group whose args.json differ elsewhere (e.g. total_timesteps, view) get a warning too; a key
+  that only some of them record (a flag added to the script between runs) gets a note.
 
 Figure: one row per env, one column per tag; per group the mean over seeds with a +-1 standard-error band
 against global step. Each seed is interpolated onto a common grid of steps covering only the range that
@@ -182,14 +183,20 @@ def group_runs(runs: list[Run]) -> dict[tuple[str, str], list[Run]]:
         groups.setdefault((env, variant), []).append(keep)
     for (env, variant), members in groups.items():
         keys = set().union(*(m.args.keys() for m in members)) - _NUISANCE_ARGS
-        differing = []
+        differing, partial = [], []
         for k in sorted(keys):
-            values = {json.dumps(m.args.get(k), sort_keys=True) for m in members}
+            if any(k not in m.args for m in members):  # a flag the script gained or lost between the runs
+                partial.append(k)
+                continue
+            values = {json.dumps(m.args[k], sort_keys=True) for m in members}
             if len(values) > 1:
                 differing.append(f"{k} ({', '.join(sorted(values))})")
         if differing:
             print(f"warning: {env} {variant}: the seeds' args.json differ in " + "; ".join(differing),
                   file=sys.stderr)
+        if partial:
+            print(f"note: {env} {variant}: only some seeds' args.json record {', '.join(partial)} "
+                  "(runs made by different versions of the script?)", file=sys.stderr)
     return groups
 
 

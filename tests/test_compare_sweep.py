@@ -142,6 +142,20 @@ def test_compare_separates_algorithms_and_warns_on_duplicate_seeds(tmp_path, cap
     assert "seed 1: 2 runs" in captured.err
 
 
+def test_compare_names_args_that_differ_between_seeds(tmp_path, capsys):
+    root = tmp_path / "runs"
+    write_run(root, "EnvD-v0", "vlmcar", 1, {SUCCESS: flat(1.0)})
+    write_run(root, "EnvD-v0", "vlmcar", 2, {SUCCESS: flat(1.0)}, total_timesteps=6000)
+    newer = write_run(root, "EnvD-v0", "vlmcar", 3, {SUCCESS: flat(1.0)})
+    args = json.loads((newer / "args.json").read_text())
+    (newer / "args.json").write_text(json.dumps({**args, "clip_end_episode": False}))  # a flag added later
+    assert main(["compare", str(root), "--out", str(tmp_path / "d.png"), "--tags", SUCCESS]) == 0
+    err = capsys.readouterr().err
+    assert "warning: EnvD-v0 vlmcar: the seeds' args.json differ in total_timesteps (3000, 6000)" in err
+    assert "note: EnvD-v0 vlmcar: only some seeds' args.json record clip_end_episode" in err
+    assert "clip_end_episode (false" not in err
+
+
 def test_compare_bad_inputs(runs_dir, tmp_path, capsys):
     empty = tmp_path / "empty"
     (empty / "sub").mkdir(parents=True)
