@@ -15,22 +15,12 @@ import platform
 from pathlib import Path
 
 from cleanrl_vlmcar import cache
-from cleanrl_vlmcar.integrate import advance
+from cleanrl_vlmcar.integrate import completion_steps
 from cleanrl_vlmcar.program import load_program
 from cleanrl_vlmcar.trajectories import make_env, make_policy, rollout
 from cleanrl_vlmcar.views import get_spec
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def completion_steps(program, views) -> list[int]:
-    """The step of each completed sub-task, in order, as the hook would count them."""
-    steps, k = [], 0
-    for t in range(1, len(views)):
-        new_k = advance(program.check, k, program.num_subtasks, views[t], views[0])
-        steps += [t] * (new_k - k)
-        k = new_k
-    return steps
 
 
 def main():
@@ -56,7 +46,8 @@ def main():
         policy = make_policy(policy_name, env)
         for i in range(n):
             traj = rollout(env, policy, args.seed + i, ["state", "pixels"], stop_on_success=False)
-            steps = {v: completion_steps(prog, traj.views[v]) for v, prog in programs.items()}
+            steps = {v: [t for t in completion_steps(prog.check, prog.num_subtasks, traj.views[v]) if t is not None]
+                     for v, prog in programs.items()}
             total += 1
             if steps["state"] == steps["pixels"]:
                 same += 1

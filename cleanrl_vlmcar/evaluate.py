@@ -47,16 +47,11 @@ def _mean_se(values: list[float]) -> tuple[float, float]:
 def score_vlmcar(program, trajs, view: str, bonus: float = 1.0) -> tuple[list[float], list[bool]]:
     """Returns (env return + bonus x completed sub-tasks) and "task done" for each trajectory, through the same
     in-order progress rule as the reward hook."""
-    from .integrate import advance
+    from .integrate import completion_steps
 
     returns, done = [], []
     for t in trajs:
-        views = t.views[view]
-        k = 0
-        for obs in views[1:]:
-            if k >= program.num_subtasks:
-                break
-            k = advance(program.check, k, program.num_subtasks, obs, views[0])
+        k = sum(step is not None for step in completion_steps(program.check, program.num_subtasks, t.views[view]))
         returns.append(float(t.rewards.sum()) + bonus * k)
         done.append(k == program.num_subtasks)
     return returns, done

@@ -43,6 +43,20 @@ def advance(check: Callable[[int, Any, Any], bool], k: int, num_subtasks: int, o
     return k
 
 
+def completion_steps(check: Callable[[int, Any, Any], bool], num_subtasks: int, views: list) -> list[int | None]:
+    """Walk one recorded episode (`views[0]` the reset view, `views[t]` the view after step t) with `advance`:
+    the step at which each sub-task was completed, None for those never completed."""
+    steps: list[int | None] = [None] * num_subtasks
+    k = 0
+    for t in range(1, len(views)):
+        if k >= num_subtasks:
+            break
+        new_k = advance(check, k, num_subtasks, views[t], views[0])
+        steps[k:new_k] = [t] * (new_k - k)
+        k = new_k
+    return steps
+
+
 @dataclass
 class EpisodeRecord:
     """What the hook reports when an episode ends."""

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .integrate import advance
+from .integrate import completion_steps
 from .program import ProgramError, load_program, short_traceback
 from .sandbox import DEFAULT_MEMORY_MB, SandboxError, run_isolated
 from .trajectories import Trajectory
@@ -138,9 +138,7 @@ def _evaluate(source: str, constants: dict, trajectories: list[list[dict]]) -> l
     program = load_program(source, constants, "<program>")
     results = []
     for views in trajectories:
-        start = views[0]
         exceptions: list[tuple[int, str]] = []
-
         seconds, calls = [0.0] * program.num_subtasks, [0] * program.num_subtasks
 
         def check(k, obs, start_view):
@@ -157,15 +155,7 @@ def _evaluate(source: str, constants: dict, trajectories: list[list[dict]]) -> l
                 seconds[k] += time.perf_counter() - t0
                 calls[k] += 1
 
-        steps: list[int | None] = [None] * program.num_subtasks
-        k = 0
-        for t in range(1, len(views)):
-            if k >= program.num_subtasks:
-                break
-            new_k = advance(check, k, program.num_subtasks, views[t], start)
-            for j in range(k, new_k):
-                steps[j] = t
-            k = new_k
+        steps = completion_steps(check, program.num_subtasks, views)
         results.append(_TrajResult(steps, exceptions, seconds, calls))
     return results
 

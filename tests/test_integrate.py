@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from minigrid.wrappers import FullyObsWrapper
 
-from cleanrl_vlmcar.integrate import RewardHook, ViewInfoWrapper, VLMCaRRewardWrapper, advance
+from cleanrl_vlmcar.integrate import RewardHook, ViewInfoWrapper, VLMCaRRewardWrapper, advance, completion_steps
 from cleanrl_vlmcar.program import load_program
 from cleanrl_vlmcar.views import ViewError, all_specs, get_spec, make_view
 
@@ -263,6 +263,15 @@ def test_advance_chains_and_stops_in_order():
     assert advance(lambda k, o, s: truth[k], 0, 4, None, None) == 2
     assert advance(lambda k, o, s: truth[k], 3, 4, None, None) == 4
     assert advance(lambda k, o, s: True, 4, 4, None, None) == 4
+
+
+def test_completion_steps_walks_an_episode_in_order():
+    # views are the x reached after each step; sub-task k holds when x >= k + 1; the reset view is never checked
+    views = [9, 1, 0, 3, 2]
+    assert completion_steps(lambda k, o, s: o >= k + 1, 3, views) == [1, 3, 3]
+    assert completion_steps(lambda k, o, s: o >= k + 1, 4, views) == [1, 3, 3, None]
+    assert completion_steps(lambda k, o, s: False, 2, views) == [None, None]
+    assert completion_steps(lambda k, o, s: True, 2, views[:1]) == [None, None]  # reset view only
 
 
 def test_sparse_hook_matches_record_episode_statistics():
