@@ -113,4 +113,15 @@ def lookup(env_id: str, view: str, cache_dir: str | Path | None = None) -> tuple
     passing = [(p, e) for p, e in entries(env_id, view, cache_dir) if e.get("passed")]
     if not passing:
         return None
-    return max(passing, key=lambda pe: (pe[1].get("updated") or pe[1]["created"], pe[0].name))
+    return max(passing, key=lambda pe: (pe[1].get("updated") or pe[1]["created"], _recency(pe[0], env_id, view),
+                                        pe[0].name))
+
+
+def _recency(path: Path, env_id: str, view: str) -> tuple[int, int]:
+    """Order of entries written in the same second (timestamps have one-second resolution): an entry set aside by
+    `set_aside` is older than the one now at its key's name, and `-n` marks the n-th one set aside in that second."""
+    rest = path.stem[len(f"{env_id}__{view}__"):]
+    if "__" not in rest:
+        return (1, 0)
+    m = re.search(r"-(\d+)$", rest)
+    return (0, int(m.group(1)) if m else 1)

@@ -480,8 +480,9 @@ def test_all_rounds_failing_is_recorded_and_cached(cfg):
         synthesize(ENV, "state", Exploding([]), cfg(rounds=2, force=True))
 
 
-def test_force_keeps_the_earlier_entry(cfg):
+def test_force_keeps_the_earlier_entry(cfg, monkeypatch):
     """--force synthesizes again under the same key; the earlier entry is set aside, not overwritten."""
+    monkeypatch.setattr(cache, "now", lambda: "2026-11-24T05:03:36+00:00")  # all in one second: the worst case
     first = synthesize(ENV, "state", Scripted([GOOD_ANSWER]), cfg(rounds=1))
     assert first.passed
     before = first.path.read_text()
@@ -497,6 +498,23 @@ def test_force_keeps_the_earlier_entry(cfg):
     synthesize(ENV, "state", Scripted([GOOD_ANSWER]), cfg(rounds=1, force=True))
     assert len(_entries(cfg().reward_cache)) == 3
     assert cache.lookup(ENV, "state", cfg().reward_cache)[0] == first.path  # the newest passing entry
+
+
+def test_set_aside_entries_of_one_second_keep_their_order(tmp_path, monkeypatch):
+    """Eleven forced syntheses under one key in one second: each is set aside in turn, and lookup still knows which
+    is newest (the one at the key's own name, then `-11` over `-10` over `-2` over the unnumbered one)."""
+    rc = tmp_path / "rc"
+    monkeypatch.setattr(cache, "now", lambda: "2026-11-24T05:03:36+00:00")
+    path = cache.entry_path(ENV, "state", "same", rc)
+    for i in range(12):
+        if path.exists():
+            cache.set_aside(path)
+        cache.write_entry(_minimal_entry(f"SUBTASKS = ['v{i}']\n", True), path)
+        assert cache.lookup(ENV, "state", rc)[1]["program"] == f"SUBTASKS = ['v{i}']\n"
+    assert len(list(rc.glob("*.json"))) == 12
+    path.unlink()  # without the newest, the last one set aside (`-11`) is the newest
+    assert cache.lookup(ENV, "state", rc)[0].name.endswith("__20261124T050336-11.json")
+    assert cache.lookup(ENV, "state", rc)[1]["program"] == "SUBTASKS = ['v10']\n"
 
 
 def test_force_resumes_an_interrupted_synthesis(cfg):
