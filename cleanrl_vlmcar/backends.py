@@ -597,6 +597,9 @@ class ManualBackend:
 
     def __init__(self, manual_dir: str | os.PathLike = ".vlmcar/manual"):
         self.manual_dir = Path(manual_dir)
+        #: replies an earlier cache entry already used (set by `synthesize --force`): such an answer.md is moved
+        #: aside and a new reply is asked for, instead of replaying the old one as a "new" synthesis
+        self.used_answers: set[str] = set()
 
     def settings(self) -> dict:
         return {}
@@ -630,9 +633,18 @@ class ManualBackend:
         answer = folder / "answer.md"
         if answer.is_file():
             text = _normalise_newlines(answer.read_text(encoding="utf-8-sig", errors="replace"))
-            if text.strip():
+            if text.strip() and text not in self.used_answers:
                 return text
-            problem = f"{answer} is empty."
+            if text.strip():
+                kept, n = folder / "answer.used.md", 1
+                while kept.exists():
+                    n += 1
+                    kept = folder / f"answer.used-{n}.md"
+                os.replace(answer, kept)
+                problem = (f"--force asks again, but {answer} held the reply the earlier cache entry already used "
+                           f"(moved to {kept.name}).")
+            else:
+                problem = f"{answer} is empty."
         else:
             problem = "No answer yet for this prompt."
         raise ManualAnswerNeeded(

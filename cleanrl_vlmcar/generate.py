@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 
 from . import cache, prompts
-from .backends import BACKEND_NAMES, Backend, BackendError, ManualAnswerNeeded, Prompt, image_to_png, make_backend
+from .backends import (BACKEND_NAMES, Backend, BackendError, ManualAnswerNeeded, ManualBackend, Prompt, image_to_png,
+                       make_backend)
 from .program import ProgramError, RewardProgram, extract_program, load_program
 from .trajectories import DEFAULT_CACHE, Trajectory, TrajectoryStore, collect, load_demos, make_env, rollout
 from .verify import DEFAULT_N, EXPERT_THRESHOLD, RANDOM_THRESHOLD, VerifyReport, verify_program
@@ -192,6 +193,8 @@ def synthesize(env_id: str, view: str, backend: Backend, config: SynthesisConfig
             report = VerifyReport.from_dict(entry["report"]) if entry.get("report") else None
             return SynthesisResult(path, entry, bool(entry["passed"]), report, from_cache=True)
         else:  # --force: synthesize again, and keep the earlier entry beside the new one
+            if isinstance(backend, ManualBackend):  # ask again: do not replay the answer.md files it was made from
+                backend.used_answers.update(r["answer"] for r in entry["rounds"])
             _log(f"--force: the earlier entry is kept as {cache.set_aside(path)}", cfg.progress)
 
     entry: dict[str, Any] = {

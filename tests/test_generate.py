@@ -192,6 +192,32 @@ def test_manual_cli_two_rounds_then_cache_hit(tmp_path, traj_cache, capsys):
     assert isinstance(program, RewardProgram) and program.subtasks == GOOD_SUBTASKS
 
 
+def test_manual_force_asks_again(tmp_path, traj_cache, capsys):
+    """--force with --vlm manual asks for a new reply: the answer.md the earlier entry was made from is moved aside,
+    not replayed as a "new" synthesis; the earlier entry stays in use until the new reply passes."""
+    manual, rc = tmp_path / "manual", tmp_path / "rc"
+    args = ("--vlm", "manual", "--manual-dir", str(manual))
+    assert _cli(*args, traj_cache=traj_cache, reward_cache=rc) == 3
+    [folder] = [p for p in manual.iterdir() if p.is_dir()]
+    (folder / "answer.md").write_text(GOOD_ANSWER)
+    assert _cli(*args, traj_cache=traj_cache, reward_cache=rc) == 0
+    [earlier] = _entries(rc)
+    capsys.readouterr()
+
+    assert _cli(*args, "--force", traj_cache=traj_cache, reward_cache=rc) == 3
+    out = capsys.readouterr().out
+    assert "already used" in out and "answer.used.md" in out
+    assert not (folder / "answer.md").exists() and (folder / "answer.used.md").read_text() == GOOD_ANSWER
+    [kept] = _entries(rc)  # set aside under a new name, still the entry training uses
+    assert kept != earlier and reward_program(ENV, "state", reward_cache=rc).subtasks == GOOD_SUBTASKS
+
+    other = GOOD_ANSWER.replace("pick up the object named in the mission", "pick up the mission's object")
+    (folder / "answer.md").write_text(other)
+    assert _cli(*args, "--force", traj_cache=traj_cache, reward_cache=rc) == 0
+    assert len(_entries(rc)) == 2
+    assert reward_program(ENV, "state", reward_cache=rc).subtasks[-1] == "pick up the mission's object"
+
+
 def test_manual_api_raises_answer_needed(tmp_path, cfg):
     with pytest.raises(ManualAnswerNeeded) as ei:
         synthesize(ENV, "state", ManualBackend(tmp_path / "manual"), cfg())
