@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Run a list of training jobs, at most SLOTS at a time (default 2: this machine has 2 cores), skipping finished ones.
 # Usage: bash benchmarks/run_queue.sh JOBS_FILE   (each line: RESULTS_SUBDIR SCRIPT ENV_ID REWARD SEED STEPS [flags])
+# The run's exp name is the script's name (+ _pixels with --view pixels), or the `--exp-name NAME` among the flags.
 # Event files land in benchmarks/results/RESULTS_SUBDIR/runs/, logs beside them.
 set -uo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -10,6 +11,9 @@ while read -r sub script env_id reward seed steps flags; do
   [[ -z "$sub" || "$sub" == \#* ]] && continue
   dir="$root/benchmarks/results/$sub"; mkdir -p "$dir"
   exp="$(basename "$script" .py)"; [[ "$flags" == *"--view pixels"* ]] && exp="${exp}_pixels"
+  if [[ "$flags" =~ --exp-name[[:space:]]+([^[:space:]]+) ]]; then  # a variant named in the jobs file
+    exp="${BASH_REMATCH[1]}"; flags="${flags/${BASH_REMATCH[0]}/}"
+  fi
   if ls "$dir/runs" 2>/dev/null | grep -q "^${env_id}__${exp}-${reward}__${seed}__"; then
     echo "skip $env_id $exp $reward $seed"; continue
   fi
