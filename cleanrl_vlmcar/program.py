@@ -334,6 +334,20 @@ class RewardProgram:
             return bool(result)
         raise TypeError(f"subtask_{k + 1} returned {type(result).__name__} {result!r:.60}, not a bool")
 
+    def progress_raw(self, k: int, obs: Any, start: Any) -> float | None:
+        """progress_{k+1}'s value, clamped to [0, 1] as the hook does; None when it is not defined. Exceptions
+        surface, and a result that is not a finite number raises ValueError (used by verification)."""
+        fn = self._progress_fns[k]
+        if fn is None:
+            return None
+        result = fn(obs, start)
+        if isinstance(result, (bool, np.bool_)) or not isinstance(result, (int, float, np.integer, np.floating)):
+            raise ValueError(f"progress_{k + 1} returned {type(result).__name__} {result!r:.60}, not a number")
+        value = float(result)
+        if not math.isfinite(value):
+            raise ValueError(f"progress_{k + 1} returned {value}, not a finite number")
+        return min(1.0, max(0.0, value))
+
     def progress(self, k: int, obs: Any, start: Any) -> float:
         """Dense progress in [0, 1] inside sub-task k (0-based); 0.0 when undefined or failing."""
         fn = self._progress_fns[k]

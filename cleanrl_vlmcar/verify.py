@@ -37,6 +37,8 @@ class SubtaskResult:
     exceptions: int = 0
     first_exception: str = ""
     us_per_call: float | None = None  # mean time of one check call (the hook runs it on every step)
+    progress_problems: int = 0  # calls of progress_k (while sub-task k was next) that raised or gave no finite number
+    first_progress_problem: str = ""
 
 
 @dataclass
@@ -111,6 +113,8 @@ class VerifyReport:
         for s in self.subtasks:
             if s.first_exception:
                 out.write(f"\nFirst exception in subtask_{s.index}:\n{s.first_exception}\n")
+            if s.first_progress_problem:
+                out.write(f"\nFirst failure of progress_{s.index}:\n{s.first_progress_problem}\n")
         if self.stall:
             st = self.stall
             out.write(f"\nFirst failing expert trajectory (seed {st.seed}): sub-task {st.subtask} never completed; "
@@ -131,6 +135,7 @@ class _TrajResult:
     exceptions: list[tuple[int, str]]  # (sub-task index 0-based, short traceback)
     check_seconds: list[float] = field(default_factory=list)  # time spent in each sub-task's check
     check_calls: list[int] = field(default_factory=list)
+    progress_problems: list[tuple[int, str]] = field(default_factory=list)  # (sub-task 0-based, short traceback)
 
 
 def _evaluate(source: str, constants: dict, trajectories: list[list[dict]]) -> list[_TrajResult]:
@@ -156,8 +161,25 @@ def _evaluate(source: str, constants: dict, trajectories: list[list[dict]]) -> l
                 calls[k] += 1
 
         steps = completion_steps(check, program.num_subtasks, views)
-        results.append(_TrajResult(steps, exceptions, seconds, calls))
+        results.append(_TrajResult(steps, exceptions, seconds, calls, _progress_problems(program, steps, views)))
     return results
+
+
+def _progress_problems(program, steps: list[int | None], views: list[dict]) -> list[tuple[int, str]]:
+    """Call progress_k where the hook would (on each view while sub-task k is the next one); the calls that
+    raised or returned something other than a finite number (values outside [0, 1] are clamped, as in the hook)."""
+    problems: list[tuple[int, str]] = []
+    if not program.has_progress:
+        return problems
+    for t, view in enumerate(views):
+        k = sum(s is not None and s <= t for s in steps)
+        if k >= program.num_subtasks:
+            break
+        try:
+            program.progress_raw(k, view, views[0])
+        except Exception as e:  # noqa: BLE001
+            problems.append((k, short_traceback(e, "<program>") if len(problems) < 3 else ""))
+    return problems
 
 
 def _us_per_call(results: list[_TrajResult], j: int) -> float | None:
@@ -214,13 +236,15 @@ def verify_program(source: str, constants: dict, env_id: str, view: str, expert:
     for j in range(n_sub):
         ex_steps = [r.completion_steps[j] for r in ex_res if r.completion_steps[j] is not None]
         errs = [(k, tb) for r in results for k, tb in r.exceptions if k == j]
+        bad = [tb for r in results for k, tb in r.progress_problems if k == j]
         report.subtasks.append(SubtaskResult(
             index=j + 1, description=program.subtasks[j],
             expert_rate=len(ex_steps) / len(ex_res),
             random_rate=(sum(r.completion_steps[j] is not None for r in rnd_res) / len(rnd_res)) if rnd_res else 0.0,
             mean_expert_step=float(np.mean(ex_steps)) if ex_steps else None,
             exceptions=len(errs), first_exception=next((tb for _, tb in errs if tb), ""),
-            us_per_call=_us_per_call(results, j)))
+            us_per_call=_us_per_call(results, j), progress_problems=len(bad),
+            first_progress_problem=next((tb for tb in bad if tb), "")))
     report.task_expert_rate = report.subtasks[-1].expert_rate
     report.task_random_rate = report.subtasks[-1].random_rate
 
@@ -249,6 +273,9 @@ def verify_program(source: str, constants: dict, env_id: str, view: str, expert:
     for s in report.subtasks:
         if s.exceptions:
             report.reasons.append(f"subtask_{s.index} raised {s.exceptions} exception(s); checks must not raise")
+        if s.progress_problems:
+            report.reasons.append(f"progress_{s.index} failed on {s.progress_problems} view(s) (raised, or returned "
+                                  "something other than a finite number)")
     first_fail = next((i for i, r in enumerate(ex_res) if None in r.completion_steps), None)
     if first_fail is not None:
         r, traj = ex_res[first_fail], expert[first_fail]

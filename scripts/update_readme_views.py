@@ -5,6 +5,8 @@ import json
 import re
 from pathlib import Path
 
+from cleanrl_vlmcar import cache
+from cleanrl_vlmcar.program import check_source
 from cleanrl_vlmcar.views import all_specs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -16,15 +18,21 @@ def render() -> str:
 
 
 def render_rewards() -> str:
-    lines = ["| env | view | rounds | sub-task: expert / random completion | random threshold |",
-             "| --- | --- | --- | --- | --- |"]
-    for path in sorted((ROOT / "reward_cache").glob("*.json")):
-        e = json.loads(path.read_text())
-        if not e.get("passed"):
+    """One row per (env id, view): the entry training uses (the newest passing one; earlier ones set aside by
+    `--force` are not listed)."""
+    lines = ["| env | view | rounds | sub-task: expert / random completion | progress_k | random threshold |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    pairs = sorted({(e["env_id"], e["view"]) for e in map(json.loads, map(Path.read_text,
+                                                                             (ROOT / "reward_cache").glob("*.json")))})
+    for env_id, view in pairs:
+        found = cache.lookup(env_id, view, ROOT / "reward_cache")
+        if found is None:
             continue
+        e = found[1]
         subs = "<br>".join(f"{s['index']}. {s['description']}: {s['expert_rate']:.0%} / {s['random_rate']:.0%}"
                            for s in e["report"]["subtasks"])
-        lines.append(f"| {e['env_id']} | {e['view']} | {len(e['rounds'])} | {subs} | "
+        progress = ", ".join(str(i) for i, p in enumerate(check_source(e["program"]).has_progress, 1) if p) or "-"
+        lines.append(f"| {env_id} | {view} | {len(e['rounds'])} | {subs} | {progress} | "
                      f"{e['settings']['random_threshold']:.0%} |")
     return "\n".join(lines)
 

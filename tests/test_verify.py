@@ -84,6 +84,41 @@ def test_raising_program_fails_with_traceback(cache_dir):
     assert any("raised" in r for r in report.reasons)
 
 
+def _with_progress(body: str, k: int = 2) -> str:
+    return GOOD_KC + f"\n\ndef progress_{k}(obs, start):\n" + "".join(f"    {line}\n" for line in body.splitlines())
+
+
+@pytest.mark.parametrize("body, what", [
+    ("return obs['no_such_key']", "KeyError"),
+    ("return float('nan')", "not a finite number"),
+    ("return math.inf", "not a finite number"),
+    ("return 'close'", "not a number"),
+    ("return True", "not a number"),
+    ("return 0.5 if obs['agent_pos'][0] > 3 else None", "not a number"),  # only on some views
+])
+def test_progress_functions_are_verified(cache_dir, body, what):
+    """progress_k runs where the hook runs it (while sub-task k is next); one that raises or gives no finite number
+    fails verification with the evidence, though the checks themselves pass."""
+    report = verify(_with_progress(body), cache_dir)
+    assert not report.passed
+    assert [s.expert_rate for s in report.subtasks] == [1.0, 1.0, 1.0] and report.subtasks[0].progress_problems == 0
+    assert report.subtasks[1].progress_problems > 0 and what in report.subtasks[1].first_progress_problem
+    assert any(r.startswith("progress_2 failed on") for r in report.reasons)
+    assert "First failure of progress_2" in report.to_text()
+    assert VerifyReport.from_dict(report.to_dict()).to_text() == report.to_text()
+
+
+def test_good_progress_passes_and_is_called_only_while_its_subtask_is_next(cache_dir):
+    # progress_1 raises once the key is carried: never called then, because sub-task 1 is complete by that view
+    good = _with_progress("assert obs['carrying'] is None\nreturn 0.5", k=1)
+    report = verify(good, cache_dir)
+    assert report.passed, report.to_text()
+    assert all(s.progress_problems == 0 for s in report.subtasks)
+    # a normalised distance that strays a little outside [0, 1] is clamped, as in the hook, not a failure
+    strays = verify(_with_progress("return 1.5 if obs['agent_pos'][0] > 3 else -0.5"), cache_dir)
+    assert strays.passed, strays.to_text()
+
+
 def test_rejected_and_hanging_programs(cache_dir):
     report = verify("import os\nSUBTASKS = ['a']\ndef subtask_1(obs, start):\n    return True\n", cache_dir)
     assert not report.passed and "import of 'os'" in report.error
