@@ -335,33 +335,26 @@ class RewardProgram:
         raise TypeError(f"subtask_{k + 1} returned {type(result).__name__} {result!r:.60}, not a bool")
 
     def progress_raw(self, k: int, obs: Any, start: Any) -> float | None:
-        """progress_{k+1}'s value, clamped to [0, 1] as the hook does; None when it is not defined. Exceptions
+        """progress_{k+1}'s value, clamped to [0, 1] as in `progress`; None when it is not defined. Exceptions
         surface, and a result that is not a finite number raises ValueError (used by verification)."""
         fn = self._progress_fns[k]
-        if fn is None:
-            return None
-        result = fn(obs, start)
-        if isinstance(result, (bool, np.bool_)) or not isinstance(result, (int, float, np.integer, np.floating)):
-            raise ValueError(f"progress_{k + 1} returned {type(result).__name__} {result!r:.60}, not a number")
-        value = float(result)
-        if not math.isfinite(value):
-            raise ValueError(f"progress_{k + 1} returned {value}, not a finite number")
-        return min(1.0, max(0.0, value))
+        return None if fn is None else _progress_value(k, fn(obs, start))
 
     def progress(self, k: int, obs: Any, start: Any) -> float:
-        """Dense progress in [0, 1] inside sub-task k (0-based); 0.0 when undefined or failing."""
+        """Dense progress in [0, 1] inside sub-task k (0-based), clamped; 0.0 when undefined or failing."""
         fn = self._progress_fns[k]
         if fn is None:
             return 0.0
         try:
-            value = float(fn(obs, start))
+            result = fn(obs, start)
         except Exception as e:  # noqa: BLE001
             self._record(f"progress_{k + 1} raised {type(e).__name__}: {e}", e, errors=True)
             return 0.0
-        if not math.isfinite(value):
-            self._record(f"progress_{k + 1} returned {value}", None, errors=False)
+        try:
+            return _progress_value(k, result)
+        except ValueError as e:
+            self._record(str(e), None, errors=False)
             return 0.0
-        return min(1.0, max(0.0, value))
 
     def _record(self, message: str, exc: BaseException | None, errors: bool) -> None:
         if errors:
@@ -380,6 +373,18 @@ class RewardProgram:
         if self.info.helpers:
             lines.append("helpers: " + ", ".join(self.info.helpers))
         return "\n".join(lines)
+
+
+def _progress_value(k: int, result: Any) -> float:
+    """A progress_k result as a float clamped to [0, 1]; ValueError unless it is one finite real number (a Python
+    or numpy scalar or a 0-d array; bools are not numbers here)."""
+    arr = np.asarray(result) if not isinstance(result, float) else None
+    if arr is not None and (arr.ndim != 0 or arr.dtype.kind not in "iuf"):
+        raise ValueError(f"progress_{k + 1} returned {type(result).__name__} {result!r:.60}, not a number")
+    value = float(result)
+    if not math.isfinite(value):
+        raise ValueError(f"progress_{k + 1} returned {value}, not a finite number")
+    return min(1.0, max(0.0, value))
 
 
 def _error_line(exc: BaseException, name: str) -> int:

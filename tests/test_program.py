@@ -226,6 +226,23 @@ def test_progress_failures_give_zero():
     assert p.progress(0, {}, {}) == 0.0 and p.stats.errors == 1
 
 
+@pytest.mark.parametrize("value, expected", [
+    ("0.25", 0.25), ("-0.5", 0.0), ("2", 1.0), ("np.float32(0.5)", 0.5), ("np.array(0.75)", 0.75),
+    ("np.int64(1)", 1.0), ("'0.5'", None), ("True", None), ("None", None), ("np.array([0.5])", None),
+    ("math.inf", None), ("[0.5]", None),
+])
+def test_progress_values_in_the_hook_and_in_verification(value, expected):
+    """The hook (`progress`) and verification (`progress_raw`) accept the same values: one finite real number,
+    clamped to [0, 1]. Anything else is 0.0 and counted in the hook, and an error for verification."""
+    p = load_program(prog("return True") + f"\ndef progress_1(obs, start):\n    return {value}\n")
+    if expected is None:
+        assert p.progress(0, {}, {}) == 0.0 and p.stats.non_bool == 1
+        with pytest.raises(ValueError, match="progress_1 returned"):
+            p.progress_raw(0, {}, {})
+    else:
+        assert p.progress(0, {}, {}) == expected == p.progress_raw(0, {}, {}) and p.stats.total == 0
+
+
 def test_check_raw_surfaces_errors():
     p = load_program(prog("return 2"))
     with pytest.raises(TypeError, match="not a bool"):
