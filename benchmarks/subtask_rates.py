@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cleanrl_vlmcar.compare import _fmt, _mean_se, collect_runs, group_runs
+from cleanrl_vlmcar.compare import collect_runs, fmt_mean_se, group_runs, mean_se
 
 TAG = re.compile(r"^vlmcar/subtask_(\d+)_rate$")
 
@@ -58,9 +58,9 @@ def main() -> int:
             cells, stats = [], []
             for w in range(args.windows):
                 xs = [s[w] for s in per_seed if s[w] is not None]
-                mean, se = _mean_se(xs)
+                mean, se = mean_se(xs)
                 stats.append({"mean": mean, "se": se, "n": len(xs)})
-                cells.append(_fmt(mean, se, 2) if xs else "-")
+                cells.append(fmt_mean_se(mean, se, 2) if xs else "-")
             table[variant]["subtasks"][k] = stats
             print(f"| {variant} (n={len(members)}) | {k} | " + " | ".join(cells) + " |")
     if args.json:

@@ -203,7 +203,7 @@ def group_runs(runs: list[Run]) -> dict[tuple[str, str], list[Run]]:
 # ---------------------------------------------------------------- statistics
 
 
-def _mean_se(xs: list[float]) -> tuple[float, float]:
+def mean_se(xs: list[float]) -> tuple[float, float]:
     a = np.asarray(xs, dtype=np.float64)
     if len(a) == 0:
         return math.nan, math.nan
@@ -228,7 +228,7 @@ def window_full_step(run, window: int) -> int:
     return int(steps[window - 1]) if len(steps) >= window else int(steps[-1]) + 1
 
 
-def _fmt(mean: float, se: float, digits: int) -> str:
+def fmt_mean_se(mean: float, se: float, digits: int) -> str:
     if math.isnan(mean):
         return "n/a"
     text = f"{mean:.{digits}f}"
@@ -244,25 +244,25 @@ def summarize(groups: dict, threshold: float, return_window: int, min_episodes: 
                                                   window_full_step(m, min_episodes)) for m in with_success)
                    if s is not None]
         not_reached = len(with_success) - len(reached)
-        steps_mean, steps_se = _mean_se(reached)
+        steps_mean, steps_se = mean_se(reached)
         if not with_success:
             steps_text = "n/a (no success_rate)"
         elif not reached:
             steps_text = f"not reached ({not_reached} of {len(with_success)})"
         else:
-            steps_text = _fmt(steps_mean, steps_se, 0)
+            steps_text = fmt_mean_se(steps_mean, steps_se, 0)
             if not_reached:
                 steps_text += f" ({len(reached)} of {len(with_success)}); not reached ({not_reached} of {len(with_success)})"
         final_success = [float(m.scalars[SUCCESS_TAG][1][-1]) for m in with_success]
-        fs_mean, fs_se = _mean_se(final_success)
+        fs_mean, fs_se = mean_se(final_success)
         final_return = [float(np.mean(m.scalars[RETURN_TAG][1][-return_window:])) for m in members
                         if RETURN_TAG in m.scalars and len(m.scalars[RETURN_TAG][0])]
-        fr_mean, fr_se = _mean_se(final_return)
+        fr_mean, fr_se = mean_se(final_return)
         rows.append({
             "env": env, "reward": variant, "seeds": n,
             "steps_to_threshold": steps_text,
-            "final_success": _fmt(fs_mean, fs_se, 2),
-            "final_return": _fmt(fr_mean, fr_se, 2),
+            "final_success": fmt_mean_se(fs_mean, fs_se, 2),
+            "final_return": fmt_mean_se(fr_mean, fr_se, 2),
             "seed_list": " ".join(str(m.seed) for m in members),
             "steps_mean": steps_mean, "steps_se": steps_se, "reached": len(reached),
             "with_success": len(with_success),
