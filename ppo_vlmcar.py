@@ -83,6 +83,10 @@ class Args:
     """reward variant: the env's sparse reward, + verified VLM-CaR sub-task bonuses, or a CLIP reward"""
     view: Literal["state", "pixels"] = "state"
     """the observation view the reward program reads (not the policy input)"""
+    reward_program: Optional[str] = None
+    """a reward program file to verify at startup and train on (default: the verified program in reward_cache/)"""
+    require_confinement: bool = False
+    """fail when the kernel lacks Landlock or seccomp for the program worker (default: warn, rlimits only)"""
     vlm: Optional[Literal["openai", "hf", "manual", "cache"]] = None
     """VLM backend to synthesize a program when reward_cache/ has none (default: cached programs only)"""
     vlm_model: str = ""
@@ -397,5 +401,6 @@ if __name__ == "__main__":
         torch.jit.trace(agent.cpu(), example).save(f"runs/{run_name}/policy.pt")
         print(f"model saved to {model_path}")
 
+    reward_hook.close()  # VLM-CaR: stop the confined program worker
     envs.close()
     writer.close()

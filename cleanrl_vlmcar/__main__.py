@@ -17,6 +17,8 @@ def _read(path: str) -> str:
         return Path(path).read_text()
     except OSError as e:
         raise ValueError(f"cannot read program file {path}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"program file {path} is not UTF-8 text") from None
 
 
 def _all_constants() -> dict:
@@ -29,7 +31,8 @@ def _all_constants() -> dict:
 
 
 def cmd_check(args) -> int:
-    from .program import ProgramError, load_program
+    """Static: parse and apply the rules; nothing of the program runs (that happens only in `verify`)."""
+    from .program import ProgramError, load_program, sanitize
 
     source = _read(args.program)
     if args.env_id:
@@ -44,7 +47,7 @@ def cmd_check(args) -> int:
     except ProgramError as e:
         print(e)
         return 1
-    print(f"{args.program}: OK")
+    print(f"{sanitize(args.program, 300, single_line=True)}: OK (static check; run `verify` to run it)")
     print(program.summary())
     return 0
 
@@ -63,8 +66,11 @@ def _add_verify_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--demos", default=None, help="demonstrations .npz (seeds, lengths, actions)")
     p.add_argument("--cache-dir", default=None, help="trajectory cache folder (default .vlmcar or $VLMCAR_CACHE)")
     p.add_argument("--verify-timeout", type=float, default=120.0,
-                   help="wall-clock limit of the isolated verification run, seconds")
-    p.add_argument("--memory-mb", type=int, default=1024, help="memory limit of the isolated run, MB")
+                   help="wall-clock limit of the whole verification run in the confined worker, seconds")
+    p.add_argument("--memory-mb", type=int, default=1024, help="memory limit of the confined worker, MB")
+    p.add_argument("--require-confinement", action="store_true",
+                   help="fail when the kernel lacks Landlock or seccomp (default: warn and run with process "
+                        "isolation and rlimits only)")
 
 
 def cmd_verify(args) -> int:
@@ -86,7 +92,8 @@ def cmd_verify(args) -> int:
     report = verify_env(source, args.env_id, args.view, n=args.n, seed=args.seed,
                         expert_threshold=args.expert_threshold, random_threshold=args.random_threshold,
                         expert_source=args.expert_source, demos=args.demos, cache_dir=args.cache_dir,
-                        timeout_s=args.verify_timeout, memory_mb=args.memory_mb)
+                        timeout_s=args.verify_timeout, memory_mb=args.memory_mb,
+                        require_confinement=args.require_confinement)
     print(report.to_text())
     if args.json:
         Path(args.json).write_text(json.dumps(report.to_dict(), indent=2))
@@ -97,7 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m cleanrl_vlmcar", description="VLM-CaR: verified reward code.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("check", help="statically check a reward program file and print its sub-tasks")
+    p = sub.add_parser("check", help="statically check a reward program file (nothing of it runs) and print its "
+                                     "sub-tasks")
     p.add_argument("program", help="the program file (.py)")
     p.add_argument("--env-id", default=None, help="also load it with this env's view constants")
     p.add_argument("--view", default="state", help="view of --env-id (default state)")

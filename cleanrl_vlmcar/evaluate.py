@@ -46,12 +46,12 @@ def _mean_se(values: list[float]) -> tuple[float, float]:
 
 def score_vlmcar(program, trajs, view: str, bonus: float = 1.0) -> tuple[list[float], list[bool]]:
     """Returns (env return + bonus x completed sub-tasks) and "task done" for each trajectory, through the same
-    in-order progress rule as the reward hook."""
-    from .integrate import completion_steps
+    in-order progress rule as the reward hook, in the confined worker."""
+    from .verify import walk_all
 
     returns, done = [], []
-    for t in trajs:
-        k = sum(step is not None for step in completion_steps(program.check, program.num_subtasks, t.views[view]))
+    for t, walked in zip(trajs, walk_all(program, [t.views[view] for t in trajs])):
+        k = sum(step is not None for step in walked.steps)
         returns.append(float(t.rewards.sum()) + bonus * k)
         done.append(k == program.num_subtasks)
     return returns, done

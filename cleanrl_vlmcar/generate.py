@@ -124,6 +124,7 @@ class SynthesisConfig:
     reward_cache: str | Path | None = None
     verify_timeout: float = 120.0
     memory_mb: int = 1024
+    require_confinement: bool = False
     force: bool = False
     progress: bool = True
 
@@ -237,6 +238,7 @@ def synthesize(env_id: str, view: str, backend: Backend, config: SynthesisConfig
             _log(f"round {r}/{cfg.rounds}: verifying", cfg.progress)
             report = verify_program(program_text, constants, env_id, view, expert, random, dropped,
                                     cfg.expert_threshold, cfg.random_threshold, cfg.verify_timeout, cfg.memory_mb,
+                                    require_confinement=cfg.require_confinement,
                                     artifacts_dir=traj_root / "reports")
         _log(f"round {r}/{cfg.rounds}: {'PASSED' if report.passed else 'FAILED'}", cfg.progress)
         entry["rounds"].append({"round": r, "prompt": prompt.text, "system": prompt.system,
@@ -273,7 +275,10 @@ def reward_program(env_id: str, view: str = "state", vlm: str | None = None, *, 
         found = (result.path, result.entry)
     path, entry = found
     program = load_program(entry["program"], spec.constants(), name=str(path))
-    program.cache_path = path  # type: ignore[attr-defined]
+    program.cache_path = path
+    costs = [s.get("us_per_call") for s in (entry.get("report") or {}).get("subtasks", [])]
+    costs = [c for c in costs if isinstance(c, (int, float)) and c >= 0]
+    program.us_per_check = max(costs) if costs else None
     return program
 
 
@@ -306,7 +311,8 @@ def cmd_synthesize(args) -> int:
     cfg = SynthesisConfig(rounds=args.rounds, n=args.n, seed=args.seed, expert_threshold=args.expert_threshold,
                           random_threshold=args.random_threshold, expert_source=args.expert_source, demos=args.demos,
                           traj_cache=args.cache_dir, reward_cache=args.reward_cache,
-                          verify_timeout=args.verify_timeout, memory_mb=args.memory_mb, force=args.force)
+                          verify_timeout=args.verify_timeout, memory_mb=args.memory_mb, force=args.force,
+                          require_confinement=args.require_confinement)
     try:
         result = synthesize(args.env_id, args.view, backend, cfg)
     except ManualAnswerNeeded as e:

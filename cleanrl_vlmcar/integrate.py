@@ -21,40 +21,19 @@ from __future__ import annotations
 import logging
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
 
-from .program import RewardProgram
+from .confine import DEFAULT_MEMORY_MB, WorkerError
+from .program import RewardProgram, advance, completion_steps, load_program  # noqa: F401 - re-exported
 from .views import ViewAdapter, ViewError, make_view
 
 log = logging.getLogger(__name__)
 
 VIEW_INFO_KEY = "vlmcar_view"
 SHAPINGS = ("bonus", "potential")
-
-
-def advance(check: Callable[[int, Any, Any], bool], k: int, num_subtasks: int, obs: Any, start: Any) -> int:
-    """The progress rule shared by the hook and verification: from next sub-task `k` (0-based), complete sub-tasks
-    in order while their checks hold on `obs`; return the new next index (several may complete in one step)."""
-    while k < num_subtasks and check(k, obs, start):
-        k += 1
-    return k
-
-
-def completion_steps(check: Callable[[int, Any, Any], bool], num_subtasks: int, views: list) -> list[int | None]:
-    """Walk one recorded episode (`views[0]` the reset view, `views[t]` the view after step t) with `advance`:
-    the step at which each sub-task was completed, None for those never completed."""
-    steps: list[int | None] = [None] * num_subtasks
-    k = 0
-    for t in range(1, len(views)):
-        if k >= num_subtasks:
-            break
-        new_k = advance(check, k, num_subtasks, views[t], views[0])
-        steps[k:new_k] = [t] * (new_k - k)
-        k = new_k
-    return steps
 
 
 @dataclass
@@ -110,43 +89,123 @@ def check_shaping(shaping: str, use_progress: bool, program: RewardProgram) -> N
 
 
 class EpisodeProgress:
-    """Sub-task progress and shaping of one episode in one environment (used by the hook and the wrapper)."""
+    """Sub-task progress and shaping of one episode in one environment (used by the hook and the wrapper). It
+    only does the arithmetic: the checks run in the confined worker, which sends back the new next sub-task and
+    the progress value."""
 
-    __slots__ = ("program", "bonus_size", "potential", "gamma", "use_progress", "start", "next_subtask", "phi")
+    __slots__ = ("num_subtasks", "bonus_size", "potential", "gamma", "use_progress", "next_subtask", "phi")
 
-    def __init__(self, program: RewardProgram, bonus: float, shaping: str, gamma: float, use_progress: bool):
-        self.program, self.bonus_size, self.gamma, self.use_progress = program, float(bonus), float(gamma), use_progress
-        self.potential = shaping == "potential"
-        self.start: Any = None
+    def __init__(self, num_subtasks: int, bonus: float, shaping: str, gamma: float, use_progress: bool):
+        self.num_subtasks, self.bonus_size, self.gamma = num_subtasks, float(bonus), float(gamma)
+        self.potential, self.use_progress = shaping == "potential", use_progress
         self.next_subtask = 0
         self.phi = 0.0
 
-    def _phi(self, k: int, view: Any) -> float:
-        phi = float(k)
-        if self.use_progress and k < self.program.num_subtasks:
-            phi += self.program.progress(k, view, self.start)
-        return self.bonus_size * phi
+    def _phi(self, k: int, progress: float) -> float:
+        return self.bonus_size * (k + (progress if self.use_progress and k < self.num_subtasks else 0.0))
 
-    def begin(self, view: Any) -> None:
-        """A new episode starts with `view` (no bonus for it)."""
-        self.start, self.next_subtask = view, 0
-        self.phi = self._phi(0, view) if self.potential else 0.0
+    def begin(self, progress: float = 0.0) -> None:
+        """A new episode starts (no bonus for its first view); `progress`: progress_1 on that view."""
+        self.next_subtask = 0
+        self.phi = self._phi(0, progress) if self.potential else 0.0
 
-    def step(self, view: Any, terminated: bool) -> tuple[int, int, float]:
-        """Advance on the view after a step: (previous next sub-task, new next sub-task, bonus)."""
+    def step(self, new_k: int, progress: float, terminated: bool) -> tuple[int, int, float]:
+        """The worker's answer for the view after a step: (previous next sub-task, new next sub-task, bonus)."""
         k = self.next_subtask
-        program = self.program
-        if k < program.num_subtasks and program.check(k, view, self.start):
-            new_k = advance(program.check, k + 1, program.num_subtasks, view, self.start)
-            self.next_subtask = new_k
-        else:
-            new_k = k
+        self.next_subtask = new_k
         if not self.potential:
             return k, new_k, self.bonus_size * (new_k - k)
-        phi_next = 0.0 if terminated else self._phi(new_k, view)
+        phi_next = 0.0 if terminated else self._phi(new_k, progress)
         bonus = self.gamma * phi_next - self.phi
         self.phi = phi_next
         return k, new_k, bonus
+
+    def hold(self) -> tuple[int, int, float]:
+        """No answer for this step (the worker failed or the program is switched off): no change, no bonus."""
+        return self.next_subtask, self.next_subtask, 0.0
+
+
+MIN_DEADLINE_S = 2.0
+DEADLINE_FACTOR = 100.0
+
+
+class ProgramRunner:
+    """The learner's side of the confined worker: one message per vector step, a deadline, restarts, switch-off.
+
+    A reply that misses its deadline, a crash or a malformed reply kills and restarts the worker and counts every
+    check of that step as a failure (`worker_restarts`, `check_failures`). After `max_failed_replies` failed
+    replies in a row, or when more than half of at least 1,000 checks have failed, the program is switched off for
+    the rest of the run (`disabled` holds the reason): the caller pays no bonuses from then on.
+    """
+
+    def __init__(self, program: RewardProgram, num_envs: int, use_progress: bool = False,
+                 deadline_s: float | None = None, require_confinement: bool = False, max_failed_replies: int = 3,
+                 memory_mb: int = DEFAULT_MEMORY_MB):
+        self.program, self.num_envs, self.use_progress = program, num_envs, use_progress
+        if deadline_s is None:  # from the verified check cost when the cache entry recorded it
+            per_step = num_envs * program.num_subtasks * (program.us_per_check or 0.0) * 1e-6
+            deadline_s = max(MIN_DEADLINE_S, DEADLINE_FACTOR * per_step)
+        self.deadline_s, self.max_failed_replies = float(deadline_s), max_failed_replies
+        self.worker = program.worker(require_confinement=require_confinement, memory_mb=memory_mb)
+        self.starts: list[Any] = [None] * num_envs
+        self._resend: set[int] = set()
+        self.check_failures = self.worker_restarts = self.checked = 0
+        self._failed_in_a_row = 0
+        self.disabled: str | None = None
+
+    def step(self, items: list[tuple[int, int, Any]]) -> tuple[np.ndarray, np.ndarray] | None:
+        """`items`: (env index, next sub-task, or -1 when a new episode begins with this view, view). Returns the new
+        next sub-task and progress value per env, or None when there is no answer for this step."""
+        if self.disabled:
+            return None
+        request = []
+        for i, k, view in items:
+            if k < 0:
+                self.starts[i] = view
+                self._resend.discard(i)
+                request.append((i, k, view, None))
+            elif i in self._resend:
+                self._resend.discard(i)
+                request.append((i, k, view, self.starts[i]))
+            else:
+                request.append((i, k, view, None))
+        self.checked += len(items)
+        try:
+            failures, new_k, progress = self.worker.step(request, self.num_envs, self.use_progress, self.deadline_s)
+        except WorkerError as e:
+            self._failed(len(items), e)
+            return None
+        self._failed_in_a_row = 0
+        self.check_failures += failures
+        if self.checked >= 1000 and self.check_failures > 0.5 * self.checked:
+            self._disable(f"its checks failed {self.check_failures} times in {self.checked} env steps")
+        return new_k, progress
+
+    def _failed(self, n: int, error: WorkerError) -> None:
+        self.check_failures += n
+        self._failed_in_a_row += 1
+        if self._failed_in_a_row >= self.max_failed_replies:
+            self._disable(f"the worker failed {self._failed_in_a_row} times in a row (last: {error})")
+            return
+        log.warning("reward program worker failed (%s: %s); restarting it, this step's checks count as failed",
+                    error.kind, error)
+        self.worker_restarts += 1
+        try:
+            self.worker.start()
+        except WorkerError as e:
+            self._failed(0, e)
+            return
+        self._resend = {i for i, s in enumerate(self.starts) if s is not None}
+
+    def _disable(self, reason: str) -> None:
+        self.disabled = reason
+        self.worker.close()
+        log.error("VLM-CaR reward program switched off for the rest of this run: %s. Training goes on with the "
+                  "environment's reward only; run `python -m cleanrl_vlmcar verify` on the program to see why.",
+                  reason)
+
+    def close(self) -> None:
+        self.worker.close()
 
 
 class RewardHook:
@@ -161,20 +220,27 @@ class RewardHook:
         next_obs, reward, terminations, truncations, infos = envs.step(action)
         reward = hook.step(reward, terminations, truncations, infos)   # env reward + sub-task bonuses
 
-    After each `step`: `env_reward`, `bonus` (arrays over envs), `completed` (envs x sub-tasks, True where a
-    sub-task was completed on this step), `next_subtask`; and `episodes`, the EpisodeRecords of episodes that
-    ended on this step. Checks that raise or return a non-bool count as False and are counted in
-    `check_failures` (the first few are logged). With `program=None` the hook pays nothing and only keeps the
-    episode statistics (the `sparse` variant). With a TensorBoard `writer`, it logs per finished episode
-    `charts/shaped_return`, and every LOG_RATES_EVERY episodes `charts/success_rate` and `vlmcar/subtask_k_rate`
-    (both over the last `window` episodes) and `vlmcar/check_failures`, at global step = steps x num_envs.
+    The program runs in a confined worker process (`ProgramRunner`): each vector step sends every env's view in one
+    message and reads back a fixed-size numeric reply. After each `step`: `env_reward`, `bonus` (arrays over envs),
+    `completed` (envs x sub-tasks, True where a sub-task was completed on this step), `next_subtask`; and
+    `episodes`, the EpisodeRecords of episodes that ended on this step. Checks that raise or return a non-bool
+    count as False (`check_failures`). With `program=None` the hook pays nothing and only keeps the episode
+    statistics (the `sparse` variant). With a TensorBoard `writer`, it logs per finished episode
+    `charts/shaped_return`, and every LOG_RATES_EVERY episodes `charts/success_rate`, `vlmcar/subtask_k_rate` and
+    `vlmcar/task_without_success` (over the last `window` episodes), `vlmcar/check_failures` and
+    `vlmcar/worker_restarts`, at global step = steps x num_envs. `vlmcar/task_without_success` is the fidelity
+    alarm: the fraction of episodes in which the program completed its last sub-task while the environment
+    reported no success (reward hacking, a time bomb or an honest false positive); above FIDELITY_ALARM it warns
+    once.
     """
 
     LOG_RATES_EVERY = 8
+    FIDELITY_ALARM = 0.10
+    FIDELITY_MIN_EPISODES = 20
 
     def __init__(self, program: RewardProgram | None, envs: gym.vector.VectorEnv, view: str = "state",
                  bonus: float = 1.0, shaping: str = "bonus", gamma: float = 0.99, use_progress: bool = False,
-                 writer=None, window: int = 100):
+                 writer=None, window: int = 100, deadline_s: float | None = None, require_confinement: bool = False):
         if program is not None:
             check_shaping(shaping, use_progress, program)
         mode = envs.metadata.get("autoreset_mode", gym.vector.AutoresetMode.NEXT_STEP)
@@ -186,8 +252,10 @@ class RewardHook:
         self.adapters: list[ViewAdapter] | None = None
         if program is not None and isinstance(envs, gym.vector.SyncVectorEnv):
             self.adapters = [make_view(env, view) for env in envs.envs]
-        self.progress = [EpisodeProgress(program, bonus, shaping, gamma, use_progress) for _ in range(self.num_envs)] \
-            if program is not None else []
+        self.runner = ProgramRunner(program, self.num_envs, use_progress, deadline_s, require_confinement) \
+            if program is not None else None
+        self.progress = [EpisodeProgress(self.num_subtasks, bonus, shaping, gamma, use_progress)
+                         for _ in range(self.num_envs)] if program is not None else []
         self._autoreset = [False] * self.num_envs
         self._shaped_return = [0.0] * self.num_envs
         self._env_return = [0.0] * self.num_envs
@@ -202,6 +270,8 @@ class RewardHook:
         self._since_rates, self._rates_logged = 0, False
         self.logs_shaped_return = program is not None
         self._warned = 0
+        self._fidelity_warned = False
+        self._disabled_reported = False
 
     @property
     def next_subtask(self) -> np.ndarray:
@@ -209,8 +279,23 @@ class RewardHook:
 
     @property
     def check_failures(self) -> int:
-        """Checks that raised or returned a non-bool since the start (each counted as False)."""
-        return self.program.stats.total if self.program is not None else 0
+        """Checks that raised, returned a non-bool, or got no answer in time, since the start (each counted as
+        False)."""
+        return self.runner.check_failures if self.runner is not None else 0
+
+    @property
+    def worker_restarts(self) -> int:
+        return self.runner.worker_restarts if self.runner is not None else 0
+
+    @property
+    def disabled(self) -> str | None:
+        """Why the program was switched off for the rest of the run, or None while it pays bonuses."""
+        return self.runner.disabled if self.runner is not None else None
+
+    def close(self) -> None:
+        """Stop the worker (also done when the hook is garbage-collected or the interpreter exits)."""
+        if self.runner is not None:
+            self.runner.close()
 
     def _views_from_infos(self, infos: dict | None) -> list[Any]:
         boxes = None if infos is None else infos.get(VIEW_INFO_KEY)
@@ -220,22 +305,19 @@ class RewardHook:
                              "SyncVectorEnv")
         return [b.view if b is not None else None for b in boxes]
 
-    def _begin(self, i: int, view: Any) -> None:
-        if self.program is not None:
-            self.progress[i].begin(view)
+    def _books_begin(self, i: int) -> None:
         self._shaped_return[i] = self._env_return[i] = 0.0
         self._length[i] = 0
 
     def reset(self, infos: dict | None = None) -> None:
         """Call after `envs.reset()`: every environment starts a new episode."""
-        if self.program is None:
-            views = [None] * self.num_envs
-        elif self.adapters is not None:
-            views = [a.reset() for a in self.adapters]
-        else:
-            views = self._views_from_infos(infos)
-        for i, view in enumerate(views):
-            self._begin(i, view)
+        if self.program is not None:
+            views = [a.reset() for a in self.adapters] if self.adapters is not None else self._views_from_infos(infos)
+            answer = self.runner.step([(i, -1, v) for i, v in enumerate(views)])
+            for i in range(self.num_envs):
+                self.progress[i].begin(answer[1][i] if answer is not None else 0.0)
+        for i in range(self.num_envs):
+            self._books_begin(i)
         self._autoreset = [False] * self.num_envs
 
     def step(self, reward: np.ndarray, terminations: np.ndarray, truncations: np.ndarray,
@@ -249,25 +331,31 @@ class RewardHook:
         rewards = np.asarray(reward, dtype=np.float64).tolist()
         terminated = np.asarray(terminations).tolist()
         done = np.logical_or(terminations, truncations).tolist()
-        views = self._views_from_infos(infos) if self.program is not None and self.adapters is None else None
         bonus = [0.0] * self.num_envs if extra is None else np.asarray(extra, dtype=np.float64).tolist()
         if self._any_completed:
             self.completed[:] = False
             self._any_completed = False
         self.episodes = []
-        autoreset, adapters, program = self._autoreset, self.adapters, self.program
+        autoreset, program = self._autoreset, self.program
+        answer = None
+        if program is not None:  # one message to the worker for the whole vector step
+            if self.adapters is not None:
+                views = [a.reset() if r else a.step() for a, r in zip(self.adapters, autoreset)]
+            else:
+                views = self._views_from_infos(infos)
+            answer = self.runner.step([(i, -1 if autoreset[i] else p.next_subtask, views[i])
+                                       for i, p in enumerate(self.progress)])
         for i in range(self.num_envs):
-            if program is not None:
-                if adapters is not None:
-                    view = adapters[i].reset() if autoreset[i] else adapters[i].step()
-                else:
-                    view = views[i]
             if autoreset[i]:  # the reset step of next-step autoreset: no bonus, progress starts over
-                self._begin(i, view if program is not None else None)
+                if program is not None:
+                    self.progress[i].begin(answer[1][i] if answer is not None else 0.0)
+                self._books_begin(i)
                 bonus[i] = 0.0
                 continue
             if program is not None:
-                k, new_k, b = self.progress[i].step(view, terminated[i])
+                p = self.progress[i]
+                k, new_k, b = p.step(int(answer[0][i]), answer[1][i], terminated[i]) if answer is not None \
+                    else p.hold()
                 bonus[i] += b
                 if new_k > k:
                     self.completed[i, k:new_k] = True
@@ -284,8 +372,14 @@ class RewardHook:
         self.env_reward, self.bonus = np.array(rewards), np.array(bonus)
         if self.episodes:
             self._record_episodes()
-        if program is not None and program.stats.total > self._warned:
-            self._log_failures()
+        if program is not None:
+            if self.runner.check_failures > self._warned:
+                self._log_failures()
+            if self.runner.disabled and not self._disabled_reported:
+                self._disabled_reported = True
+                if self.writer is not None:
+                    self.writer.add_scalar("vlmcar/program_disabled", 1, self.global_step)
+                    self.writer.add_text("vlmcar/program_disabled", self.runner.disabled, self.global_step)
         return (self.env_reward + self.bonus).astype(np.float32)
 
     def _step_sparse(self, reward, terminations, truncations, infos) -> np.ndarray:
@@ -318,6 +412,14 @@ class RewardHook:
 
     def _record_episodes(self) -> None:
         self.recent.extend(self.episodes)
+        if self.program is not None and not self._fidelity_warned and len(self.recent) >= self.FIDELITY_MIN_EPISODES \
+                and self.task_without_success > self.FIDELITY_ALARM:
+            self._fidelity_warned = True
+            log.warning("fidelity alarm: the reward program completed its last sub-task in %.0f%% of the last %d "
+                        "episodes in which the environment reported no success (alarm above %.0f%%). The program "
+                        "may be rewarding something other than the task (reward hacking, a false positive); check "
+                        "it with `python -m cleanrl_vlmcar verify`.", 100 * self.task_without_success,
+                        len(self.recent), 100 * self.FIDELITY_ALARM)
         if self.writer is None:
             return
         step = self.global_step
@@ -334,18 +436,26 @@ class RewardHook:
             rate = sum(e.subtasks_completed > k for e in self.recent) / len(self.recent)
             self.writer.add_scalar(f"vlmcar/subtask_{k + 1}_rate", rate, step)
         if self.program is not None:
+            self.writer.add_scalar("vlmcar/task_without_success", self.task_without_success, step)
             self.writer.add_scalar("vlmcar/check_failures", self.check_failures, step)
+            self.writer.add_scalar("vlmcar/worker_restarts", self.worker_restarts, step)
 
     @property
     def success_rate(self) -> float:
         """Environment success over the last `window` finished episodes."""
         return sum(e.success for e in self.recent) / len(self.recent) if self.recent else 0.0
 
+    @property
+    def task_without_success(self) -> float:
+        """Fraction of the last `window` episodes in which the program completed the task and the environment
+        reported no success."""
+        return sum(e.task_completed and not e.success for e in self.recent) / len(self.recent) if self.recent else 0.0
+
     def _log_failures(self) -> None:
-        total = self.program.stats.total
+        total = self.runner.check_failures
         if self._warned < 10 or total // 1000 > self._warned // 1000:
-            example = self.program.stats.examples[-1].splitlines()[0] if self.program.stats.examples else ""
-            log.warning("reward program check failed (%d so far; counted as False): %s", total, example)
+            log.warning("reward program checks failed %d time(s) so far (each counted as False); see why with "
+                        "`python -m cleanrl_vlmcar verify`", total)
         self._warned = total
 
 
@@ -361,46 +471,93 @@ def episode_success(i: int, reward: float, terminated: bool, infos: dict | None)
 
 class VLMCaRRewardWrapper(gym.Wrapper):
     """The reward hook as a plain gymnasium wrapper around one environment, for other RL libraries
-    (Stable-Baselines3, custom loops). `info["vlmcar"]` carries the env reward, bonus and sub-task progress."""
+    (Stable-Baselines3, custom loops). `info["vlmcar"]` carries the env reward, bonus and sub-task progress. The
+    program runs in its own confined worker (`ProgramRunner`); `close()` stops it."""
 
     def __init__(self, env: gym.Env, program: RewardProgram, view: str = "state", bonus: float = 1.0,
-                 shaping: str = "bonus", gamma: float = 0.99, use_progress: bool = False):
+                 shaping: str = "bonus", gamma: float = 0.99, use_progress: bool = False,
+                 deadline_s: float | None = None, require_confinement: bool = False):
         super().__init__(env)
         check_shaping(shaping, use_progress, program)
         self.program, self.view = program, view
         self.adapter = make_view(env, view)
-        self.progress = EpisodeProgress(program, bonus, shaping, gamma, use_progress)
+        self.runner = ProgramRunner(program, 1, use_progress, deadline_s, require_confinement)
+        self.progress = EpisodeProgress(program.num_subtasks, bonus, shaping, gamma, use_progress)
 
     def reset(self, **kwargs):
         obs, info = self.env.reset(**kwargs)
-        self.progress.begin(self.adapter.reset())
+        answer = self.runner.step([(0, -1, self.adapter.reset())])
+        self.progress.begin(answer[1][0] if answer is not None else 0.0)
         return obs, info
 
     def step(self, action):
         obs, reward, terminated, truncated, info = self.env.step(action)
-        k, new_k, bonus = self.progress.step(self.adapter.step(), bool(terminated))
+        answer = self.runner.step([(0, self.progress.next_subtask, self.adapter.step())])
+        k, new_k, bonus = self.progress.step(int(answer[0][0]), answer[1][0], bool(terminated)) \
+            if answer is not None else self.progress.hold()
         info = dict(info)
         info["vlmcar"] = {"env_reward": float(reward), "bonus": float(bonus), "subtasks_completed": new_k,
                           "newly_completed": list(range(k + 1, new_k + 1)),
                           "task_completed": new_k == self.program.num_subtasks}
         return obs, float(reward) + bonus, terminated, truncated, info
 
+    def close(self):
+        self.runner.close()
+        super().close()
+
 
 REWARDS = ("sparse", "vlmcar", "clip")
+
+
+def program_for_run(args: Any):
+    """The reward program a training run uses: `args.reward_program` (a file, verified now with the default
+    settings) or the newest verified cache entry (or a new synthesis with `args.vlm`)."""
+    from .generate import reward_program
+    from .verify import verify_env
+
+    view = getattr(args, "view", "state")
+    path = getattr(args, "reward_program", None)
+    if path:
+        from .trajectories import make_env
+        from .views import get_spec
+
+        try:
+            source = open(path).read()
+        except OSError as e:
+            raise ValueError(f"cannot read --reward-program {path}: {e.strerror}") from None
+        program = load_program(source, get_spec(make_env(args.env_id), view).constants(), name=str(path))
+        report = verify_env(source, args.env_id, view, progress=False,
+                            require_confinement=getattr(args, "require_confinement", False))
+        if not report.passed:
+            raise ValueError(f"--reward-program {path} failed verification; fix it or train on a verified program:"
+                             f"\n{report.to_text()}")
+        log.info("%s passed verification (%d expert and %d random trajectories)", path, report.expert_n,
+                 report.random_n)
+        program.cache_path = path
+        program.us_per_check = max((s.us_per_call or 0.0 for s in report.subtasks), default=None)
+        return program
+    backend_kwargs = {k: v for k, v in (("model", getattr(args, "vlm_model", "")),
+                                        ("base_url", getattr(args, "vlm_base_url", None))) if v}
+    try:
+        return reward_program(args.env_id, view, getattr(args, "vlm", None), **backend_kwargs)
+    except ViewError as e:
+        raise ViewError(f"{e} (or train on the environment's own reward with --reward sparse)") from None
 
 
 def make_reward_hook(envs: gym.vector.VectorEnv, args: Any, writer=None, infos: dict | None = None):
     """The one startup call of the training scripts: a reward hook for `args.reward`, after `envs.reset()`.
 
     Reads these fields of `args` (missing ones take the defaults shown): reward ("vlmcar"), env_id, view
-    ("state"), vlm (None: the cached verified program only), vlm_model (""), vlm_base_url (None), bonus (1.0),
-    shaping ("bonus"), gamma (0.99), use_progress (False), and for `clip` the clip_* fields. Fails before
-    training, with a message that says what to do, when no verified program exists or the env/view is not
-    supported.
+    ("state"), reward_program (None: the cached verified program), vlm (None: the cached verified program only),
+    vlm_model (""), vlm_base_url (None), bonus (1.0), shaping ("bonus"), gamma (0.99), use_progress (False),
+    require_confinement (False), and for `clip` the clip_* fields. Fails before training, with a message that says
+    what to do, when no verified program exists or the env/view is not supported.
     """
     kind = getattr(args, "reward", "vlmcar")
     if kind not in REWARDS:
         raise ValueError(f"unknown --reward {kind!r}; choose one of {', '.join(REWARDS)}")
+    if getattr(args, "reward_program", None) and kind != "vlmcar":
+        raise ValueError("--reward-program is a VLM-CaR program: use it with --reward vlmcar")
     if kind == "clip":
         from .clip_reward import make_clip_hook
 
@@ -410,17 +567,11 @@ def make_reward_hook(envs: gym.vector.VectorEnv, args: Any, writer=None, infos: 
     program = None
     view = getattr(args, "view", "state")
     if kind == "vlmcar":
-        from .generate import reward_program
-
-        backend_kwargs = {k: v for k, v in (("model", getattr(args, "vlm_model", "")),
-                                            ("base_url", getattr(args, "vlm_base_url", None))) if v}
-        try:
-            program = reward_program(args.env_id, view, getattr(args, "vlm", None), **backend_kwargs)
-        except ViewError as e:
-            raise ViewError(f"{e} (or train on the environment's own reward with --reward sparse)") from None
-        log.info("VLM-CaR reward program %s:\n%s", getattr(program, "cache_path", ""), program.summary())
+        program = program_for_run(args)
+        log.info("VLM-CaR reward program %s:\n%s", program.cache_path or "", program.summary())
     hook = RewardHook(program, envs, view=view, bonus=getattr(args, "bonus", 1.0),
                       shaping=getattr(args, "shaping", "bonus"), gamma=getattr(args, "gamma", 0.99),
-                      use_progress=getattr(args, "use_progress", False), writer=writer)
+                      use_progress=getattr(args, "use_progress", False), writer=writer,
+                      require_confinement=getattr(args, "require_confinement", False))
     hook.reset(infos)
     return hook

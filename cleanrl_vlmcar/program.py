@@ -1,4 +1,4 @@
-"""Reward programs: the format a VLM writes, the static safety check, and safe loading.
+"""Reward programs: the format a VLM writes, the static rules it must follow, and the in-order progress rule.
 
 A reward program is Python source text::
 
@@ -10,23 +10,22 @@ A reward program is Python source text::
 
     def progress_1(obs, start): ...  # optional: float in [0, 1], dense progress inside sub-task 1
 
-Generated code is untrusted. `check_source` rejects, before anything runs, every construct that could
-reach outside the program (imports, dunder names, introspection builtins, numpy's file doors, ...), and
-`load_program` executes what passes with a minimal builtins table. The first run of a program (verification)
-happens in a separate process with time and memory limits (`cleanrl_vlmcar.sandbox`); a verified program
-runs in-process during training, where `RewardProgram.check` turns any failure into False and counts it.
+Generated code is untrusted. This module never runs it: `check_source` only parses it and applies rules (safety
+rules that close the usual escape routes, and purity rules so that a program computes the same answer for the
+same view in verification and in training). Programs run only in the confined worker (`cleanrl_vlmcar.confine`),
+a separate process behind Landlock, seccomp and rlimits; the rules here are a first filter, not the boundary.
 """
 
 from __future__ import annotations
 
 import ast
 import builtins
-import linecache
 import math
 import re
 import traceback
+import unicodedata
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
@@ -55,13 +54,16 @@ FORBIDDEN_NAMES = {
     "staticmethod", "property", "exit", "quit", "print", "id", "hash", "callable", "iter", "next", "format",
 }
 
-#: attribute names that open files, foreign code or interpreter internals (numpy is a way to the filesystem).
+#: attribute names that open files, foreign code or interpreter internals, or change process-wide state
 FORBIDDEN_ATTRIBUTES = {
     # numpy file and foreign-code doors
     "load", "loads", "save", "savez", "savez_compressed", "savetxt", "loadtxt", "genfromtxt", "fromfile",
     "fromregex", "tofile", "dump", "dumps", "memmap", "ctypeslib", "ctypes", "lib", "DataSource", "f2py",
     "distutils", "testing", "rec", "show_config", "show_runtime", "info", "source", "lookfor", "get_include",
-    "typing", "exceptions", "core", "char", "ma", "polynomial", "random", "os", "sys",
+    "typing", "exceptions", "core", "char", "ma", "polynomial", "random", "os", "sys", "test", "matlib",
+    "warnings",
+    # process-wide state: a program must answer the same on every call (purity), and views stay read-only
+    "seterr", "seterrcall", "setbufsize", "set_printoptions", "set_string_function", "setflags",
     # string formatting can read attributes: "{0.__class__}".format(x)
     "format", "format_map",
     # frames, code objects and tracebacks lead to the host's globals
@@ -69,29 +71,76 @@ FORBIDDEN_ATTRIBUTES = {
     "f_locals", "f_builtins", "f_code", "tb_frame", "tb_next", "func_globals", "mro", "im_func", "im_self",
 }
 
+#: names that always mean what the worker binds: never rebound by a program
+RESERVED_NAMES = {"np", "math", "SUBTASKS"}
+
+MAX_SOURCE_CHARS = 100_000
+MAX_AST_NODES = 50_000
+MAX_SUBTASK_CHARS = 200
+
 SUBTASK_RE = re.compile(r"^subtask_(\d+)$")
 PROGRESS_RE = re.compile(r"^progress_(\d+)$")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Text that came from a model or a program, on its way to a terminal, a report or a VLM
+# ----------------------------------------------------------------------------------------------------------
+_ESCAPES = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[@-_]?|\x9b[0-?]*[ -/]*[@-~]")
+
+
+def sanitize(text: Any, max_len: int = 2000, single_line: bool = False) -> str:
+    """`text` without terminal escapes and control or format characters (newlines and tabs are kept unless
+    `single_line`), capped at `max_len` characters."""
+    text = _ESCAPES.sub("", str(text))
+    keep = "" if single_line else "\n\t"
+    out = "".join(ch if ch in keep or unicodedata.category(ch)[0] != "C" else (" " if ch in "\n\t\r" else "")
+                  for ch in text)
+    if single_line:
+        out = " ".join(out.split())
+    return out if len(out) <= max_len else out[: max_len - 1] + "…"
 
 
 class ProgramError(ValueError):
     """A reward program that is malformed or unsafe. `problems` lists (line, reason) pairs."""
 
     def __init__(self, problems: list[tuple[int, str]], name: str = "<program>"):
-        self.problems = problems
-        self.name = name
-        lines = [f"{name}:{line}: {reason}" if line else f"{name}: {reason}" for line, reason in problems]
+        self.problems = [(line, sanitize(reason, 500, single_line=True)) for line, reason in problems]
+        self.name = name = sanitize(name, 300, single_line=True)
+        lines = [f"{name}:{line}: {reason}" if line else f"{name}: {reason}" for line, reason in self.problems]
         super().__init__("reward program rejected:\n  " + "\n  ".join(lines))
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Static check
 # ----------------------------------------------------------------------------------------------------------
+def _root_name(node: ast.AST) -> str | None:
+    while isinstance(node, (ast.Attribute, ast.Subscript, ast.Starred)):
+        node = node.value
+    return node.id if isinstance(node, ast.Name) else None
+
+
+def _bound_names(fn: ast.FunctionDef | ast.Lambda) -> set[str]:
+    """Names a function binds by assignment in its own body (its locals, not its parameters)."""
+    names: set[str] = set()
+    stack = list(fn.body) if isinstance(fn, ast.FunctionDef) else [fn.body]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, (ast.FunctionDef, ast.Lambda, ast.AsyncFunctionDef)):
+            if isinstance(node, ast.FunctionDef):
+                names.add(node.name)
+            continue  # a nested function's locals are its own
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            names.add(node.id)
+        stack.extend(ast.iter_child_nodes(node))
+    return names
 
 
 class _SafetyVisitor(ast.NodeVisitor):
-    def __init__(self, docstrings: set[int]) -> None:
+    def __init__(self, docstrings: set[int], reserved: set[str]) -> None:
         self.problems: list[tuple[int, str]] = []
         self.docstrings = docstrings  # ids of docstring constants, which may mention dunders freely
+        self.reserved = reserved
+        self.scopes: list[tuple[set[str], set[str]]] = []  # (locals, parameters) of the enclosing functions
 
     def _bad(self, node: ast.AST, reason: str) -> None:
         self.problems.append((getattr(node, "lineno", 0), reason))
@@ -101,6 +150,8 @@ class _SafetyVisitor(ast.NodeVisitor):
             if (alias.name, alias.asname or alias.name) not in ALLOWED_IMPORTS:
                 self._bad(node, f"import of '{alias.name}' is not allowed: only `import numpy as np` and "
                           "`import math` (both are provided already)")
+        if self.scopes:
+            self._bad(node, "imports belong at the top of the program")
 
     def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
         self._bad(node, f"`from {node.module} import ...` is not allowed: use the provided `np` and `math`")
@@ -110,6 +161,8 @@ class _SafetyVisitor(ast.NodeVisitor):
             self._bad(node, f"name '{node.id}' contains a double underscore")
         elif node.id in FORBIDDEN_NAMES:
             self._bad(node, f"'{node.id}' is not available to reward programs")
+        elif isinstance(node.ctx, (ast.Store, ast.Del)) and node.id in self.reserved and self.scopes:
+            self._bad(node, f"'{node.id}' may not be rebound (it is provided by the view or the worker)")
         self.generic_visit(node)
 
     def visit_Attribute(self, node: ast.Attribute) -> None:
@@ -118,12 +171,15 @@ class _SafetyVisitor(ast.NodeVisitor):
         elif node.attr.startswith("_"):
             self._bad(node, f"private attribute '.{node.attr}' is not allowed")
         elif node.attr in FORBIDDEN_ATTRIBUTES:
-            self._bad(node, f"attribute '.{node.attr}' is not allowed (file, foreign-code or interpreter access)")
+            self._bad(node, f"attribute '.{node.attr}' is not allowed (file, foreign-code, interpreter or "
+                      "process-wide state)")
         self.generic_visit(node)
 
     def visit_arg(self, node: ast.arg) -> None:
         if "__" in node.arg:
             self._bad(node, f"argument name '{node.arg}' contains a double underscore")
+        elif node.arg in self.reserved:
+            self._bad(node, f"'{node.arg}' may not be used as an argument name (it is provided by the view)")
         self.generic_visit(node)
 
     def visit_keyword(self, node: ast.keyword) -> None:
@@ -132,13 +188,60 @@ class _SafetyVisitor(ast.NodeVisitor):
         self.generic_visit(node)
 
     def visit_Constant(self, node: ast.Constant) -> None:
-        if isinstance(node.value, str) and "__" in node.value and not self._docstring(node):
+        if isinstance(node.value, str) and "__" in node.value and id(node) not in self.docstrings:
             self._bad(node, "string constants may not contain a double underscore")
         if isinstance(node.value, bytes):
             self._bad(node, "bytes literals are not allowed")
 
-    def _docstring(self, node: ast.Constant) -> bool:
-        return id(node) in self.docstrings
+    def _function(self, node: ast.FunctionDef | ast.Lambda) -> None:
+        a = node.args
+        if a.defaults or any(d is not None for d in a.kw_defaults):
+            self._bad(node, "default argument values are not allowed (they would keep state between calls)")
+        if isinstance(node, ast.FunctionDef):
+            if node.decorator_list:
+                self._bad(node, f"decorators are not allowed (on '{node.name}')")
+            if node.name in self.reserved or node.name in FORBIDDEN_NAMES or "__" in node.name:
+                self._bad(node, f"a function may not be named '{node.name}'")
+        params = {x.arg for x in a.posonlyargs + a.args + a.kwonlyargs}
+        params |= {x.arg for x in (a.vararg, a.kwarg) if x is not None}
+        self.scopes.append((_bound_names(node), params))
+        self.generic_visit(node)
+        self.scopes.pop()
+
+    visit_FunctionDef = _function
+    visit_Lambda = _function
+
+    def _store_target(self, target: ast.AST, node: ast.AST) -> None:
+        """Only a function's own locals may be changed in place (by item or attribute assignment)."""
+        if isinstance(target, (ast.Tuple, ast.List)):
+            for t in target.elts:
+                self._store_target(t, node)
+            return
+        if isinstance(target, ast.Starred):
+            target = target.value
+        if isinstance(target, (ast.Attribute, ast.Subscript)):
+            root = _root_name(target)
+            owned = self.scopes and root is not None and root in self.scopes[-1][0] and root not in self.scopes[-1][1]
+            if not owned:
+                self._bad(node, f"assignment into '{root or ast.unparse(target)[:40]}' is not allowed: only a "
+                          "function's own local variables may be changed in place (views, arguments and "
+                          "module-level constants are read-only)")
+
+    def visit_Assign(self, node: ast.Assign) -> None:
+        for t in node.targets:
+            self._store_target(t, node)
+        self.generic_visit(node)
+
+    def visit_AugAssign(self, node: ast.AugAssign) -> None:
+        self._store_target(node.target, node)
+        if isinstance(node.target, ast.Name) and self.scopes and node.target.id in self.scopes[-1][1]:
+            self._bad(node, f"in-place change of the argument '{node.target.id}' is not allowed (views are "
+                      "read-only; assign to a new local name)")
+        self.generic_visit(node)
+
+    def visit_AnnAssign(self, node: ast.AnnAssign) -> None:
+        self._store_target(node.target, node)
+        self.generic_visit(node)
 
     def _forbid(reason: str):  # noqa: N805 - a small factory of visit methods
         def visit(self, node: ast.AST) -> None:
@@ -152,11 +255,29 @@ class _SafetyVisitor(ast.NodeVisitor):
     visit_ClassDef = _forbid("class definitions are not allowed")
     visit_AsyncFunctionDef = _forbid("async functions are not allowed")
     visit_Await = _forbid("`await` is not allowed")
+    visit_Yield = _forbid("generators (`yield`) are not allowed")
+    visit_YieldFrom = _forbid("generators (`yield from`) are not allowed")
     visit_With = _forbid("`with` blocks are not allowed")
     visit_AsyncWith = _forbid("`with` blocks are not allowed")
     visit_AsyncFor = _forbid("async loops are not allowed")
     visit_Delete = _forbid("`del` is not allowed")
     visit_TryStar = _forbid("`except*` is not allowed")
+
+
+#: expression nodes a module-level constant may be built from (no calls, no comprehensions, no lambdas)
+_CONSTANT_NODES = (ast.Constant, ast.Name, ast.Load, ast.Tuple, ast.List, ast.Set, ast.Dict, ast.UnaryOp, ast.BinOp,
+                   ast.BoolOp, ast.Compare, ast.Subscript, ast.Slice, ast.IfExp, ast.Attribute, ast.operator,
+                   ast.unaryop, ast.boolop, ast.cmpop, ast.expr_context)
+
+
+def _constant_problem(value: ast.AST) -> str | None:
+    for node in ast.walk(value):
+        if not isinstance(node, _CONSTANT_NODES):
+            return f"a module-level value may not contain {type(node).__name__} (only literals, the view's " \
+                   "constants and arithmetic on them; compute anything else inside a function)"
+        if isinstance(node, ast.Attribute) and _root_name(node) not in ("np", "math"):
+            return "a module-level value may only read attributes of np and math (e.g. np.pi)"
+    return None
 
 
 def _docstring_ids(tree: ast.Module) -> set[int]:
@@ -171,47 +292,93 @@ def _docstring_ids(tree: ast.Module) -> set[int]:
 
 @dataclass
 class ProgramInfo:
-    """What the static check learnt about a program."""
+    """What the static check learnt about a program (sub-task texts sanitised: one line, capped)."""
 
     subtasks: list[str]
     has_progress: list[bool]
     helpers: list[str] = field(default_factory=list)
 
 
-def check_source(source: str, name: str = "<program>") -> ProgramInfo:
-    """Statically check a reward program; raise ProgramError listing every problem, with line numbers."""
+def _parse(source: Any, name: str) -> ast.Module:
     if not isinstance(source, str):
         raise ProgramError([(0, f"expected program source text, got {type(source).__name__}")], name)
-    source = source.replace("\r\n", "\n").replace("\r", "\n")
+    if len(source) > MAX_SOURCE_CHARS:
+        raise ProgramError([(0, f"the program is {len(source)} characters long; at most {MAX_SOURCE_CHARS} are "
+                                "allowed")], name)
     try:
-        tree = ast.parse(source, filename=name)
+        tree = ast.parse(source, filename="<program>")
     except SyntaxError as e:
         raise ProgramError([(e.lineno or 0, f"syntax error: {e.msg}")], name) from None
-    visitor = _SafetyVisitor(_docstring_ids(tree))
-    visitor.visit(tree)
+    except (RecursionError, MemoryError, ValueError) as e:
+        raise ProgramError([(0, f"the program could not be parsed ({type(e).__name__}): it is nested too "
+                                "deeply or too large")], name) from None
+    count = sum(1 for _ in ast.walk(tree))
+    if count > MAX_AST_NODES:
+        raise ProgramError([(0, f"the program has {count} syntax nodes; at most {MAX_AST_NODES} are allowed")], name)
+    return tree
+
+
+def check_source(source: str, name: str = "<program>", reserved: Iterable[str] = ()) -> ProgramInfo:
+    """Statically check a reward program; raise ProgramError listing every problem, with line numbers. Parses
+    only: nothing of the program runs. `reserved`: the view's constant names, which the program may read but
+    not rebind."""
+    if isinstance(source, str):
+        source = source.replace("\r\n", "\n").replace("\r", "\n")
+    tree = _parse(source, name)
+    reserved = RESERVED_NAMES | set(reserved)
+    visitor = _SafetyVisitor(_docstring_ids(tree), reserved)
+    try:
+        visitor.visit(tree)
+    except RecursionError:
+        raise ProgramError([(0, "the program is nested too deeply to check")], name) from None
     problems = list(visitor.problems)
 
     subtasks: list[str] | None = None
     functions: dict[str, ast.FunctionDef] = {}
-    for node in tree.body:
+    constants: set[str] = set()
+    for i, node in enumerate(tree.body):
         if isinstance(node, ast.FunctionDef):
             if node.name in functions:
                 problems.append((node.lineno, f"function '{node.name}' is defined twice"))
             functions[node.name] = node
-        elif isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "SUBTASKS" for t in node.targets):
-            try:
-                value = ast.literal_eval(node.value)
-            except ValueError:
-                value = None
-            if not isinstance(value, (list, tuple)) or not value or not all(isinstance(s, str) and s.strip() for s in value):
-                problems.append((node.lineno, "SUBTASKS must be a literal, non-empty list of sub-task descriptions (strings)"))
-            else:
-                subtasks = [s.strip() for s in value]
-        elif isinstance(node, (ast.Import, ast.Assign, ast.AnnAssign, ast.Expr, ast.If, ast.For, ast.Try, ast.Pass)):
-            continue  # constants, helpers' data, docstrings; unsafe contents were caught by the visitor
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)) and node.value is not None:
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            if len(targets) != 1 or not isinstance(targets[0], ast.Name):
+                problems.append((node.lineno, "module-level assignments bind exactly one name (`NAME = value`)"))
+                continue
+            target = targets[0].id
+            if target == "SUBTASKS":
+                if subtasks is not None:
+                    problems.append((node.lineno, "SUBTASKS is assigned twice"))
+                try:
+                    value = ast.literal_eval(node.value)
+                except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+                    value = None
+                if not isinstance(value, (list, tuple)) or not value or not all(isinstance(s, str) and s.strip()
+                                                                                for s in value):
+                    problems.append((node.lineno, "SUBTASKS must be a literal, non-empty list of sub-task "
+                                                  "descriptions (strings)"))
+                else:
+                    subtasks = [sanitize(s, MAX_SUBTASK_CHARS, single_line=True) for s in value]
+                continue
+            if target in reserved:
+                problems.append((node.lineno, f"'{target}' may not be rebound (it is provided by the view or the "
+                                              "worker)"))
+            elif target in constants or target in functions:
+                problems.append((node.lineno, f"'{target}' is bound twice at module level"))
+            constants.add(target)
+            reason = _constant_problem(node.value)
+            if reason:
+                problems.append((node.lineno, reason))
+        elif isinstance(node, ast.Import):
+            continue  # checked by the visitor
+        elif i == 0 and isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) \
+                and isinstance(node.value.value, str):
+            continue  # the module docstring
         elif not isinstance(node, (ast.ImportFrom, ast.While, ast.ClassDef, ast.With, ast.Global, ast.Delete,
-                                   ast.AsyncFunctionDef)):
-            problems.append((node.lineno, f"unexpected top-level statement ({type(node).__name__})"))
+                                   ast.AsyncFunctionDef)):  # those have their own message already
+            problems.append((node.lineno, f"unexpected top-level statement ({type(node).__name__}): module level "
+                                          "may only bind SUBTASKS, constants and functions"))
     if subtasks is None and not any("SUBTASKS" in r for _, r in problems):
         problems.append((0, "missing SUBTASKS = [...] (the list of sub-task descriptions, in order)"))
 
@@ -234,8 +401,6 @@ def check_source(source: str, name: str = "<program>") -> ProgramInfo:
             if (a.posonlyargs or a.vararg or a.kwonlyargs or a.kwarg or a.defaults
                     or [x.arg for x in a.args] != ["obs", "start"]):
                 problems.append((fn.lineno, f"{n} must have the signature {n}(obs, start)"))
-        if fn.decorator_list:
-            problems.append((fn.lineno, f"decorators are not allowed (on '{n}')"))
     if problems:
         raise ProgramError(sorted(set(problems)), name)
     assert subtasks is not None
@@ -244,127 +409,33 @@ def check_source(source: str, name: str = "<program>") -> ProgramInfo:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Loading and running
+# The checked program (trusted side: text and facts, never executed here)
 # ----------------------------------------------------------------------------------------------------------
-
-
-def _restricted_import(name, globals=None, locals=None, fromlist=(), level=0):  # noqa: A002
-    """The only imports a program can run: the two modules the static check allows, and numpy's own submodules.
-
-    numpy's C code imports some of its helpers lazily through the calling frame's `__import__` (for instance
-    `numpy._core._methods` the first time `arr.any()`, `arr.sum()` or `arr.max()` runs in a process), so those
-    must pass, or a correct program fails depending on what ran before it. A program cannot reach this function
-    itself: the static check rejects every import statement but `import numpy as np` and `import math`, and
-    every name with a double underscore.
-    """
-    if name == "numpy" and not fromlist:
-        return np
-    if name == "math" and not fromlist:
-        return math
-    if name.startswith("numpy.") and level == 0:
-        return builtins.__import__(name, globals, locals, fromlist, level)
-    raise ImportError(f"import of '{name}' is not allowed in reward programs")
-
-
-@dataclass
-class CheckStats:
-    """Failures of check functions at run time: counted, the first few kept with a short traceback."""
-
-    errors: int = 0
-    non_bool: int = 0
-    examples: list[str] = field(default_factory=list)
-
-    @property
-    def total(self) -> int:
-        return self.errors + self.non_bool
-
-
 class RewardProgram:
-    """A checked and loaded reward program. `check(k, obs, start)` never raises."""
-
-    MAX_EXAMPLES = 5
+    """A statically checked reward program with the view constants it runs with. It is never executed in this
+    process: `worker()` starts the confined worker that runs it (see `cleanrl_vlmcar.confine`)."""
 
     def __init__(self, source: str, constants: dict[str, Any] | None = None, name: str = "<program>"):
-        source = source.replace("\r\n", "\n").replace("\r", "\n")
-        self.source = source
+        if isinstance(source, str):
+            source = source.replace("\r\n", "\n").replace("\r", "\n")
+        self.constants = dict(constants or {})
         self.name = name
-        self.info = check_source(source, name)
+        self.info = check_source(source, name, reserved=self.constants)
+        self.source = source
         self.subtasks = self.info.subtasks
         self.num_subtasks = len(self.subtasks)
-        # register the source so that tracebacks show the program's lines
-        linecache.cache[name] = (len(source), None, source.splitlines(True), name)
-        program_builtins = dict(SAFE_BUILTINS)
-        program_builtins["__import__"] = _restricted_import
-        namespace: dict[str, Any] = {"__builtins__": program_builtins, "__name__": "reward_program",
-                                     "np": np, "math": math}
-        namespace.update(constants or {})
-        try:
-            exec(compile(source, name, "exec"), namespace)  # noqa: S102 - checked above, minimal builtins
-        except Exception as e:  # module-level code failed
-            raise ProgramError([(_error_line(e, name), f"running the program's top level raised {type(e).__name__}: {e}")],
-                               name) from None
-        self._subtask_fns: list[Callable] = [namespace[f"subtask_{i}"] for i in range(1, self.num_subtasks + 1)]
-        self._progress_fns: list[Callable | None] = [namespace.get(f"progress_{i}") for i in range(1, self.num_subtasks + 1)]
-        self.stats = CheckStats()
+        self.cache_path = None  # the reward-cache entry it came from, if any
+        self.us_per_check: float | None = None  # the slowest check's cost measured by verification, if known
 
     @property
     def has_progress(self) -> bool:
-        return any(fn is not None for fn in self._progress_fns)
+        return any(self.info.has_progress)
 
-    def check(self, k: int, obs: Any, start: Any) -> bool:
-        """Run subtask_{k+1} (0-based k); any exception, non-bool or NaN result counts as a failure and gives False."""
-        try:
-            result = self._subtask_fns[k](obs, start)
-        except Exception as e:  # noqa: BLE001 - generated code may raise anything
-            self._record(f"subtask_{k + 1} raised {type(e).__name__}: {e}", e, errors=True)
-            return False
-        if result is True or result is False:
-            return result
-        if isinstance(result, np.bool_):
-            return bool(result)
-        self._record(f"subtask_{k + 1} returned {type(result).__name__} {result!r:.60}, not a bool", None, errors=False)
-        return False
+    def worker(self, **kwargs):
+        """A confined worker running this program (see `cleanrl_vlmcar.confine.ProgramWorker` for the options)."""
+        from .confine import ProgramWorker
 
-    def check_raw(self, k: int, obs: Any, start: Any) -> bool:
-        """Like `check` but lets exceptions and non-bool results surface (used by verification)."""
-        result = self._subtask_fns[k](obs, start)
-        if result is True or result is False:
-            return result
-        if isinstance(result, np.bool_):
-            return bool(result)
-        raise TypeError(f"subtask_{k + 1} returned {type(result).__name__} {result!r:.60}, not a bool")
-
-    def progress_raw(self, k: int, obs: Any, start: Any) -> float | None:
-        """progress_{k+1}'s value, clamped to [0, 1] as in `progress`; None when it is not defined. Exceptions
-        surface, and a result that is not a finite number raises ValueError (used by verification)."""
-        fn = self._progress_fns[k]
-        return None if fn is None else _progress_value(k, fn(obs, start))
-
-    def progress(self, k: int, obs: Any, start: Any) -> float:
-        """Dense progress in [0, 1] inside sub-task k (0-based), clamped; 0.0 when undefined or failing."""
-        fn = self._progress_fns[k]
-        if fn is None:
-            return 0.0
-        try:
-            result = fn(obs, start)
-        except Exception as e:  # noqa: BLE001
-            self._record(f"progress_{k + 1} raised {type(e).__name__}: {e}", e, errors=True)
-            return 0.0
-        try:
-            return _progress_value(k, result)
-        except ValueError as e:
-            self._record(str(e), None, errors=False)
-            return 0.0
-
-    def _record(self, message: str, exc: BaseException | None, errors: bool) -> None:
-        if errors:
-            self.stats.errors += 1
-        else:
-            self.stats.non_bool += 1
-        if len(self.stats.examples) < self.MAX_EXAMPLES:
-            if exc is not None:
-                message += "\n" + short_traceback(exc, self.name)
-            self.stats.examples.append(message)
+        return ProgramWorker(self, **kwargs)
 
     def summary(self) -> str:
         lines = [f"{self.num_subtasks} sub-task(s):"]
@@ -375,23 +446,59 @@ class RewardProgram:
         return "\n".join(lines)
 
 
-def _progress_value(k: int, result: Any) -> float:
+def load_program(source: str, constants: dict[str, Any] | None = None, name: str = "<program>") -> RewardProgram:
+    """Check a reward program (statically; it runs only in the confined worker)."""
+    return RewardProgram(source, constants=constants, name=name)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The in-order progress rule (shared by the hook, verification and evaluation; runs inside the worker)
+# ----------------------------------------------------------------------------------------------------------
+def advance(check: Callable[[int, Any, Any], bool], k: int, num_subtasks: int, obs: Any, start: Any) -> int:
+    """From next sub-task `k` (0-based), complete sub-tasks in order while their checks hold on `obs`; return the
+    new next index (several may complete in one step)."""
+    while k < num_subtasks and check(k, obs, start):
+        k += 1
+    return k
+
+
+def completion_steps(check: Callable[[int, Any, Any], bool], num_subtasks: int, views: list) -> list[int | None]:
+    """Walk one recorded episode (`views[0]` the reset view, `views[t]` the view after step t) with `advance`:
+    the step at which each sub-task was completed, None for those never completed."""
+    steps: list[int | None] = [None] * num_subtasks
+    k = 0
+    for t in range(1, len(views)):
+        if k >= num_subtasks:
+            break
+        new_k = advance(check, k, num_subtasks, views[t], views[0])
+        steps[k:new_k] = [t] * (new_k - k)
+        k = new_k
+    return steps
+
+
+def progress_value(k: int, result: Any) -> float:
     """A progress_k result as a float clamped to [0, 1]; ValueError unless it is one finite real number (a Python
     or numpy scalar or a 0-d array; bools are not numbers here)."""
     arr = np.asarray(result) if not isinstance(result, float) else None
     if arr is not None and (arr.ndim != 0 or arr.dtype.kind not in "iuf"):
-        raise ValueError(f"progress_{k + 1} returned {type(result).__name__} {result!r:.60}, not a number")
+        raise ValueError(f"progress_{k + 1} returned {type(result).__name__}, not a number")
     value = float(result)
     if not math.isfinite(value):
         raise ValueError(f"progress_{k + 1} returned {value}, not a finite number")
     return min(1.0, max(0.0, value))
 
 
-def _error_line(exc: BaseException, name: str) -> int:
-    for frame in reversed(traceback.extract_tb(exc.__traceback__)):
-        if frame.filename == name:
-            return frame.lineno or 0
-    return 0
+def restricted_import(name, globals=None, locals=None, fromlist=(), level=0):  # noqa: A002
+    """The only imports a program can run (in the worker): the two modules the static check allows, and numpy's
+    own submodules, which numpy's C code imports lazily through the calling frame's `__import__` (the worker
+    imports those before it confines itself; a file-backed import after that is refused by Landlock)."""
+    if name == "numpy" and not fromlist:
+        return np
+    if name == "math" and not fromlist:
+        return math
+    if name.startswith("numpy.") and level == 0:
+        return builtins.__import__(name, globals, locals, fromlist, level)
+    raise ImportError(f"import of '{name}' is not allowed in reward programs")
 
 
 def short_traceback(exc: BaseException, name: str = "<program>", limit: int = 3) -> str:
@@ -399,11 +506,6 @@ def short_traceback(exc: BaseException, name: str = "<program>", limit: int = 3)
     frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == name][-limit:]
     out = [f"  line {f.lineno}, in {f.name}: {f.line}" for f in frames]
     return "\n".join(out + [f"  {type(exc).__name__}: {exc}"])
-
-
-def load_program(source: str, constants: dict[str, Any] | None = None, name: str = "<program>") -> RewardProgram:
-    """Check and load a reward program in this process (for verified programs)."""
-    return RewardProgram(source, constants=constants, name=name)
 
 
 def extract_program(answer: str) -> str:

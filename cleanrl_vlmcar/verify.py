@@ -17,9 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from .integrate import completion_steps
-from .program import ProgramError, load_program, short_traceback
-from .sandbox import DEFAULT_MEMORY_MB, SandboxError, run_isolated
+from .confine import DEFAULT_MEMORY_MB, WalkResult, WorkerError
+from .program import ProgramError, RewardProgram, load_program, sanitize
 from .trajectories import Trajectory
 
 DEFAULT_N = 20
@@ -127,64 +126,22 @@ class VerifyReport:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Running the program over trajectories (inside the sandbox)
+# Running the program over trajectories (in the confined worker)
 # ----------------------------------------------------------------------------------------------------------
-@dataclass
-class _TrajResult:
-    completion_steps: list[int | None]
-    exceptions: list[tuple[int, str]]  # (sub-task index 0-based, short traceback)
-    check_seconds: list[float] = field(default_factory=list)  # time spent in each sub-task's check
-    check_calls: list[int] = field(default_factory=list)
-    progress_problems: list[tuple[int, str]] = field(default_factory=list)  # (sub-task 0-based, short traceback)
+def walk_all(program: RewardProgram, trajectories: list[list[dict]], with_progress: bool = False,
+             timeout_s: float = 120.0, memory_mb: int = DEFAULT_MEMORY_MB,
+             require_confinement: bool = False) -> list[WalkResult]:
+    """Each recorded episode through the program's checks with the hook's in-order rule, one episode per message
+    to one confined worker; `timeout_s` bounds the whole run (WorkerError when it is exceeded or the worker dies)."""
+    deadline = time.monotonic() + timeout_s
+    with program.worker(memory_mb=memory_mb, cpu_s=max(1, int(timeout_s) + 2),
+                        require_confinement=require_confinement) as worker:
+        return [worker.walk(views, with_progress, max(0.0, deadline - time.monotonic())) for views in trajectories]
 
 
-def _evaluate(source: str, constants: dict, trajectories: list[list[dict]]) -> list[_TrajResult]:
-    """Run the program over each trajectory's views with the hook's progress rule; exceptions count as False."""
-    program = load_program(source, constants, "<program>")
-    results = []
-    for views in trajectories:
-        exceptions: list[tuple[int, str]] = []
-        seconds, calls = [0.0] * program.num_subtasks, [0] * program.num_subtasks
-
-        def check(k, obs, start_view):
-            t0 = time.perf_counter()
-            try:
-                return program.check_raw(k, obs, start_view)
-            except Exception as e:  # noqa: BLE001
-                if len(exceptions) < 3:
-                    exceptions.append((k, short_traceback(e, "<program>")))
-                else:
-                    exceptions.append((k, ""))
-                return False
-            finally:
-                seconds[k] += time.perf_counter() - t0
-                calls[k] += 1
-
-        steps = completion_steps(check, program.num_subtasks, views)
-        results.append(_TrajResult(steps, exceptions, seconds, calls, _progress_problems(program, steps, views)))
-    return results
-
-
-def _progress_problems(program, steps: list[int | None], views: list[dict]) -> list[tuple[int, str]]:
-    """Call progress_k where the hook would (on each view while sub-task k is the next one); the calls that
-    raised or returned something other than a finite number (values outside [0, 1] are clamped, as in the hook)."""
-    problems: list[tuple[int, str]] = []
-    if not program.has_progress:
-        return problems
-    for t, view in enumerate(views):
-        k = sum(s is not None and s <= t for s in steps)
-        if k >= program.num_subtasks:
-            break
-        try:
-            program.progress_raw(k, view, views[0])
-        except Exception as e:  # noqa: BLE001
-            problems.append((k, short_traceback(e, "<program>") if len(problems) < 3 else ""))
-    return problems
-
-
-def _us_per_call(results: list[_TrajResult], j: int) -> float | None:
-    calls = sum(r.check_calls[j] for r in results)
-    return 1e6 * sum(r.check_seconds[j] for r in results) / calls if calls else None
+def _us_per_call(results: list[WalkResult], j: int) -> float | None:
+    calls = sum(r.calls[j] for r in results)
+    return 1e6 * sum(r.seconds[j] for r in results) / calls if calls else None
 
 
 def describe_view(view: dict) -> str:
@@ -207,7 +164,8 @@ def describe_view(view: dict) -> str:
 def verify_program(source: str, constants: dict, env_id: str, view: str, expert: list[Trajectory],
                    random: list[Trajectory], expert_dropped: int = 0, expert_threshold: float = EXPERT_THRESHOLD,
                    random_threshold: float = RANDOM_THRESHOLD, timeout_s: float = 120.0,
-                   memory_mb: int = DEFAULT_MEMORY_MB, artifacts_dir: str | Path | None = None) -> VerifyReport:
+                   memory_mb: int = DEFAULT_MEMORY_MB, artifacts_dir: str | Path | None = None,
+                   require_confinement: bool = False) -> VerifyReport:
     """Verify `source` against expert and random trajectories; never raises for a bad program."""
     if not 0.0 <= expert_threshold <= 1.0 or not 0.0 <= random_threshold <= 1.0:
         raise ValueError("thresholds must be fractions in [0, 1]")
@@ -215,8 +173,8 @@ def verify_program(source: str, constants: dict, env_id: str, view: str, expert:
                           expert_dropped=expert_dropped, expert_threshold=expert_threshold,
                           random_threshold=random_threshold)
     try:
-        program = load_program(source, constants)  # static check in-process: it runs no program code but the
-    except ProgramError as e:                      # module top level, which the sandbox below runs again anyway
+        program = load_program(source, constants)  # static check only: nothing of the program runs here
+    except ProgramError as e:
         report.error = str(e)
         report.reasons.append("the program was rejected before running; fix the problems listed above")
         return report
@@ -225,31 +183,30 @@ def verify_program(source: str, constants: dict, env_id: str, view: str, expert:
         return report
     trajs = [t.views[view] for t in expert] + [t.views[view] for t in random]
     try:
-        results = run_isolated(_evaluate, source, constants, trajs, timeout_s=timeout_s, memory_mb=memory_mb)
-    except SandboxError as e:
+        results = walk_all(program, trajs, program.has_progress, timeout_s, memory_mb, require_confinement)
+    except WorkerError as e:
         report.error = f"{e.kind}: {e}"
-        report.reasons.append(f"the program failed in the isolated run ({e.kind}); checks must be fast, bounded and "
-                              "must not raise")
+        report.reasons.append(f"the program failed in the confined worker ({e.kind}); checks must be fast, bounded "
+                              "and must not raise")
         return report
     ex_res, rnd_res = results[: len(expert)], results[len(expert):]
     n_sub = program.num_subtasks
     for j in range(n_sub):
-        ex_steps = [r.completion_steps[j] for r in ex_res if r.completion_steps[j] is not None]
-        errs = [(k, tb) for r in results for k, tb in r.exceptions if k == j]
-        bad = [tb for r in results for k, tb in r.progress_problems if k == j]
+        ex_steps = [r.steps[j] for r in ex_res if r.steps[j] is not None]
         report.subtasks.append(SubtaskResult(
             index=j + 1, description=program.subtasks[j],
             expert_rate=len(ex_steps) / len(ex_res),
-            random_rate=(sum(r.completion_steps[j] is not None for r in rnd_res) / len(rnd_res)) if rnd_res else 0.0,
+            random_rate=(sum(r.steps[j] is not None for r in rnd_res) / len(rnd_res)) if rnd_res else 0.0,
             mean_expert_step=float(np.mean(ex_steps)) if ex_steps else None,
-            exceptions=len(errs), first_exception=next((tb for _, tb in errs if tb), ""),
-            us_per_call=_us_per_call(results, j), progress_problems=len(bad),
-            first_progress_problem=next((tb for tb in bad if tb), "")))
+            exceptions=sum(r.exceptions[j] for r in results),
+            first_exception=next((tb for r in results for k, tb in r.exception_examples if k == j), ""),
+            us_per_call=_us_per_call(results, j), progress_problems=sum(r.progress_problems[j] for r in results),
+            first_progress_problem=next((tb for r in results for k, tb in r.progress_examples if k == j), "")))
     report.task_expert_rate = report.subtasks[-1].expert_rate
     report.task_random_rate = report.subtasks[-1].random_rate
 
     # agreement of "task done" with the environment's own success
-    predicted = np.array([r.completion_steps[-1] is not None for r in results])
+    predicted = np.array([r.steps[-1] is not None for r in results])
     actual = np.array([t.success for t in expert + random])
     tp = int((predicted & actual).sum())
     report.precision = tp / int(predicted.sum()) if predicted.any() else 0.0
@@ -276,11 +233,11 @@ def verify_program(source: str, constants: dict, env_id: str, view: str, expert:
         if s.progress_problems:
             report.reasons.append(f"progress_{s.index} failed on {s.progress_problems} view(s) (raised, or returned "
                                   "something other than a finite number)")
-    first_fail = next((i for i, r in enumerate(ex_res) if None in r.completion_steps), None)
+    first_fail = next((i for i, r in enumerate(ex_res) if None in r.steps), None)
     if first_fail is not None:
         r, traj = ex_res[first_fail], expert[first_fail]
-        stuck = r.completion_steps.index(None)
-        done_steps = [s for s in r.completion_steps if s is not None]
+        stuck = r.steps.index(None)
+        done_steps = [s for s in r.steps if s is not None]
         views = traj.views[view]
         final = len(views) - 1
         report.stall = Stall(seed=traj.seed, subtask=stuck + 1, stalled_after_step=max(done_steps, default=0),
@@ -303,7 +260,7 @@ def verify_env(source: str, env_id: str, view: str = "state", n: int = DEFAULT_N
                expert_threshold: float = EXPERT_THRESHOLD, random_threshold: float = RANDOM_THRESHOLD,
                expert_source: str = "expert", demos: str | None = None, cache_dir: str | Path | None = None,
                progress: bool = True, timeout_s: float = 120.0, memory_mb: int = DEFAULT_MEMORY_MB,
-               store_trajectories: bool = True) -> VerifyReport:
+               store_trajectories: bool = True, require_confinement: bool = False) -> VerifyReport:
     """Collect (or load) N expert and N random trajectories for `env_id` and verify `source` on them
     (`store_trajectories=False`: simulate afresh and keep nothing on disk)."""
     from .trajectories import DEFAULT_CACHE, TrajectoryStore, collect, load_demos, make_env
@@ -326,7 +283,8 @@ def verify_env(source: str, env_id: str, view: str = "state", n: int = DEFAULT_N
         raise ValueError(f"unknown expert source {expert_source!r}: use expert or demos")
     random, _ = collect(env_id, view, "random", n, seed + 10_000, store, progress=progress, env=env)
     return verify_program(source, spec.constants(), env_id, view, expert, random, dropped, expert_threshold,
-                          random_threshold, timeout_s, memory_mb, artifacts_dir=cache / "reports")
+                          random_threshold, timeout_s, memory_mb, artifacts_dir=cache / "reports",
+                          require_confinement=require_confinement)
 
 
 def summary_rows(report: VerifyReport) -> list[dict[str, Any]]:

@@ -1,0 +1,408 @@
+"""The confined worker: the only place where a reward program's code ever runs.
+
+Started by `cleanrl_vlmcar.confine.ProgramWorker` as a fresh interpreter (``python -I``, empty environment, its own
+session, no terminal), it imports what programs may use, warms up numpy's lazily imported parts, then confines
+itself before it reads the program:
+
+1. rlimits: address space, CPU time, open files (no new ones), file size 0, no core dumps, no new processes;
+2. no new privileges, and every capability dropped (the worker may have been started by root);
+3. Landlock: no filesystem access at all (no open, create, remove, execute) for the rest of its life;
+4. seccomp: execve/execveat, fork/vfork/clone, sockets, ptrace, cross-process memory, signals to other processes,
+   mounts, namespaces, kernel keys, BPF, io_uring and changes of rlimits are refused with EPERM.
+
+It reports what it could apply, then serves requests on stdin/stdout. Requests are pickles from the trusted parent;
+replies are either JSON (load, walk, call) or a fixed-size binary record (step). The parent never unpickles or
+evaluates a reply, and treats every reply as untrusted data.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import json
+import math
+import os
+import pickle
+import resource
+import signal
+import struct
+import sys
+import time
+import traceback
+import types
+
+import numpy as np
+
+from .program import (SAFE_BUILTINS, advance, check_source, completion_steps, progress_value, restricted_import,
+                      sanitize, short_traceback)
+
+MAX_TEXT = 2000  # longest traceback or message a reply carries
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Framing (the parent's side is in confine.py)
+# ----------------------------------------------------------------------------------------------------------
+def _read_exact(n: int) -> bytes:
+    chunks, got = [], 0
+    while got < n:
+        chunk = os.read(0, min(n - got, 1 << 20))
+        if not chunk:
+            raise EOFError
+        chunks.append(chunk)
+        got += len(chunk)
+    return b"".join(chunks)
+
+
+def _write(payload: bytes) -> None:
+    data = struct.pack("<I", len(payload)) + payload
+    view = memoryview(data)
+    while view:
+        view = view[os.write(1, view):]
+
+
+def _reply_json(obj) -> None:
+    _write(json.dumps(obj, allow_nan=False).encode())
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Confinement
+# ----------------------------------------------------------------------------------------------------------
+_libc = ctypes.CDLL(None, use_errno=True)
+PR_SET_PDEATHSIG, PR_SET_NO_NEW_PRIVS, PR_CAPBSET_DROP, PR_CAP_AMBIENT = 1, 38, 24, 47
+
+
+def _drop_capabilities() -> bool:
+    for cap in range(64):  # the bounding set, then ambient, permitted, effective, inheritable
+        _libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0)
+    _libc.prctl(PR_CAP_AMBIENT, 4, 0, 0, 0)  # PR_CAP_AMBIENT_CLEAR_ALL
+    header = (ctypes.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this process
+    data = (ctypes.c_uint32 * 6)()
+    return _libc.capset(header, data) == 0
+
+
+def _landlock() -> int:
+    """Forbid every filesystem access Landlock knows; return the ABI version applied (0: unavailable)."""
+    try:
+        import landlock
+
+        ctypes.set_errno(0)  # the binding reads errno after each call: clear what earlier prctl calls left
+        abi = landlock.landlock_abi_version()
+        landlock.Ruleset().apply()  # handles every access right of this ABI, allows none
+        return int(abi)
+    except Exception:  # noqa: BLE001 - no Landlock in this kernel or no binding: reported to the parent
+        return 0
+
+
+#: refused outright (EPERM)
+DENIED_SYSCALLS = (
+    "execve", "execveat", "fork", "vfork", "clone", "clone3",
+    "socket", "socketpair", "connect", "bind", "listen", "accept", "accept4",
+    "ptrace", "process_vm_readv", "process_vm_writev", "kcmp", "pidfd_open", "pidfd_getfd", "pidfd_send_signal",
+    "tkill", "mount", "umount2", "pivot_root", "chroot", "unshare", "setns", "open_by_handle_at",
+    "name_to_handle_at", "bpf", "perf_event_open", "userfaultfd", "io_uring_setup", "io_uring_enter",
+    "io_uring_register", "keyctl", "add_key", "request_key", "init_module", "finit_module", "delete_module",
+    "kexec_load", "kexec_file_load", "reboot", "swapon", "swapoff", "setrlimit", "personality", "memfd_create",
+    "setuid", "setgid", "setreuid", "setregid", "setresuid", "setresgid", "setgroups", "capset", "acct",
+    "quotactl", "syslog", "vhangup", "iopl", "ioperm", "mbind", "migrate_pages", "move_pages",
+)
+
+
+def _seccomp_filter():
+    """The filter, built (libseccomp loaded) while files can still be opened; loaded last by `confine`."""
+    try:
+        import pyseccomp as sc
+
+        f = sc.SyscallFilter(defaction=sc.ALLOW)
+        deny = sc.ERRNO(errno.EPERM)
+        for name in DENIED_SYSCALLS:
+            try:
+                f.add_rule(deny, name)
+            except Exception:  # noqa: BLE001 - a syscall this architecture does not have
+                pass
+        pid = os.getpid()
+        # signals only to itself
+        f.add_rule(deny, "kill", sc.Arg(0, sc.NE, pid))
+        f.add_rule(deny, "tgkill", sc.Arg(0, sc.NE, pid))
+        f.add_rule(deny, "rt_sigqueueinfo", sc.Arg(0, sc.NE, pid))
+        f.add_rule(deny, "rt_tgsigqueueinfo", sc.Arg(0, sc.NE, pid))
+        # rlimits may be read, never set; no terminal input injection
+        f.add_rule(deny, "prlimit64", sc.Arg(2, sc.NE, 0))
+        f.add_rule(deny, "ioctl", sc.Arg(1, sc.EQ, 0x5412))  # TIOCSTI
+        f.add_rule(deny, "ioctl", sc.Arg(1, sc.EQ, 0x541C))  # TIOCLINUX
+        return f
+    except Exception:  # noqa: BLE001 - no libseccomp: reported to the parent
+        return None
+
+
+def _limits(memory_mb: int, cpu_s: int, vm: int, highest_fd: int) -> dict:
+    limit = vm + memory_mb * 1024 * 1024
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu_s, cpu_s + 1))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (highest_fd + 1, highest_fd + 1))  # no new file descriptors
+    return {"memory_mb": memory_mb, "cpu_s": cpu_s, "nofile": highest_fd + 1, "fsize": 0}
+
+
+def _warm_up() -> None:
+    """Import what numpy loads lazily on first use, while files can still be opened."""
+    import numpy.linalg  # noqa: F401
+    import numpy.fft  # noqa: F401
+
+    a = np.arange(12, dtype=np.float64).reshape(3, 4)
+    for fn in (a.any, a.all, a.sum, a.mean, a.std, a.var, a.max, a.min, a.argmax, a.argmin, a.prod, a.cumsum,
+               a.round):
+        fn()
+    a.astype(np.uint8).view(np.int8)
+    np.linalg.norm(a), np.linalg.norm(a, axis=1), np.argwhere(a > 2), np.nonzero(a), np.unique(a), np.where(a > 1)
+    np.isclose(a, 1.0), np.allclose(a, a), np.clip(a, 0, 1), np.sort(a), np.median(a), np.percentile(a, 50)
+    np.abs(a).astype(int), np.hypot(a, a), np.arctan2(a, a), np.stack([a, a]), np.concatenate([a, a]), np.diff(a)
+    np.count_nonzero(a), np.array_equal(a, a), np.isin(a, [1]), np.argsort(a), np.mean(a, axis=0), np.dot(a, a.T)
+    np.all(np.isfinite(a)), np.cross([1.0, 0, 0], [0, 1.0, 0]), np.asarray([1, 2]).tolist(), repr(a), str(a)
+    repr(np.float64(1.5)), repr(np.int64(2)), repr(np.bool_(True)), str(np.uint8(3)), float(np.float32(1.5))
+    "{:.3f}".format(1.0), "%d" % 3, f"{a.shape}", math.isfinite(1.0), math.hypot(1, 2)
+    try:
+        {}["missing"]
+    except KeyError as e:
+        traceback.format_exception(e)
+    try:
+        np.zeros(3)[5]
+    except IndexError as e:
+        traceback.format_exception(e)
+
+
+def confine(memory_mb: int, cpu_s: int, skip: set[str]) -> dict:
+    status: dict = {"pid": os.getpid()}
+    with open("/proc/self/statm") as f:  # read while files can be opened
+        vm = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    highest_fd = max(int(fd) for fd in os.listdir("/proc/self/fd")) + 1  # + the Landlock ruleset's own fd
+    seccomp_filter = None if "seccomp" in skip else _seccomp_filter()
+    status["no_new_privs"] = _libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0
+    status["capabilities_dropped"] = _drop_capabilities()
+    status["landlock_abi"] = 0 if "landlock" in skip else _landlock()
+    status["rlimits"] = _limits(memory_mb, cpu_s, vm, highest_fd)
+    status["seccomp"] = False
+    if seccomp_filter is not None:
+        try:
+            seccomp_filter.load()
+            status["seccomp"] = True
+        except Exception:  # noqa: BLE001
+            pass
+    return status
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The program
+# ----------------------------------------------------------------------------------------------------------
+def freeze(value):
+    """A read-only version of a view or a constant: dicts become mappingproxies, lists and sets tuples and
+    frozensets, arrays non-writeable. A pure program sees the same values on every call."""
+    if isinstance(value, np.ndarray):
+        value.setflags(write=False)
+        return value
+    if isinstance(value, dict):
+        return types.MappingProxyType({k: freeze(v) for k, v in value.items()})
+    if isinstance(value, (list, tuple)):
+        return tuple(freeze(v) for v in value)
+    if isinstance(value, (set, frozenset)):
+        return frozenset(value)
+    return value
+
+
+class Loaded:
+    def __init__(self, source: str, constants: dict, name: str):
+        import linecache
+
+        info = check_source(source, name)  # the parent checked it too; a program never runs unchecked
+        self.name, self.k = name, len(info.subtasks)
+        linecache.cache[name] = (len(source), None, source.splitlines(True), name)
+        builtins_ = dict(SAFE_BUILTINS)
+        builtins_["__import__"] = restricted_import
+        namespace = {"__builtins__": builtins_, "__name__": "reward_program", "np": np, "math": math}
+        namespace.update({k: freeze(v) for k, v in constants.items()})
+        exec(compile(source, name, "exec"), namespace)  # noqa: S102 - confined process, minimal builtins
+        for key, value in list(namespace.items()):  # module-level data is read-only from here on
+            if key not in ("__builtins__", "np", "math") and not isinstance(value, types.FunctionType):
+                namespace[key] = freeze(value)
+        self.subtask = [namespace[f"subtask_{i}"] for i in range(1, self.k + 1)]
+        self.progress = [namespace.get(f"progress_{i}") for i in range(1, self.k + 1)]
+        self.failures = 0
+
+    # verification semantics: failures surface as exceptions
+    def check_raw(self, k: int, obs, start) -> bool:
+        result = self.subtask[k](obs, start)
+        if result is True or result is False:
+            return result
+        if isinstance(result, np.bool_):
+            return bool(result)
+        raise TypeError(f"subtask_{k + 1} returned {_describe(result)}, not a bool")
+
+    def progress_raw(self, k: int, obs, start):
+        fn = self.progress[k]
+        return None if fn is None else progress_value(k, fn(obs, start))
+
+    # training semantics: any failure is False / 0.0, counted
+    def check(self, k: int, obs, start) -> bool:
+        try:
+            return self.check_raw(k, obs, start)
+        except BaseException:  # noqa: BLE001 - generated code may raise anything
+            self.failures += 1
+            return False
+
+    def progress_or_zero(self, k: int, obs, start) -> float:
+        try:
+            value = self.progress_raw(k, obs, start)
+        except BaseException:  # noqa: BLE001
+            self.failures += 1
+            return 0.0
+        return 0.0 if value is None else value
+
+
+def _describe(value) -> str:
+    """A short, safe description of a value a program returned (no repr of arbitrary objects)."""
+    name = type(value).__name__
+    if isinstance(value, (int, float, np.number)) and not isinstance(value, bool):
+        try:
+            return f"{name} {float(value):.6g}"
+        except (OverflowError, ValueError):
+            return name
+    if isinstance(value, str):
+        return f"str of length {len(value)}"
+    if isinstance(value, np.ndarray):
+        return f"ndarray of shape {value.shape}"
+    return name
+
+
+def _traceback(exc: BaseException, name: str) -> str:
+    try:
+        text = short_traceback(exc, name)
+    except BaseException:  # noqa: BLE001 - str() of a huge int, a deeply nested list, ...
+        try:
+            text = f"  {type(exc).__name__} (its message could not be formatted)"
+        except BaseException:  # noqa: BLE001
+            text = "  an exception that could not be described"
+    return sanitize(text, MAX_TEXT)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Requests
+# ----------------------------------------------------------------------------------------------------------
+def _walk(program: Loaded, views: list, with_progress: bool) -> dict:
+    """One recorded episode through the hook's rule (`advance`), with verification's accounting."""
+    K = program.k
+    seconds, calls = [0.0] * K, [0] * K
+    exc_count, exc_examples = [0] * K, []
+    start = freeze(views[0]) if views else None
+
+    def check(k, obs, start_view):
+        t0 = time.perf_counter()
+        try:
+            return program.check_raw(k, obs, start_view)
+        except BaseException as e:  # noqa: BLE001
+            exc_count[k] += 1
+            if len(exc_examples) < 3:
+                exc_examples.append([k, _traceback(e, program.name)])
+            return False
+        finally:
+            seconds[k] += time.perf_counter() - t0
+            calls[k] += 1
+
+    frozen = [start] + [freeze(v) for v in views[1:]]
+    steps = completion_steps(check, K, frozen)
+    prog_count, prog_examples = [0] * K, []
+    if with_progress:  # progress_k where the hook calls it: on each view while sub-task k is next
+        for t, view in enumerate(frozen):
+            k = sum(s is not None and s <= t for s in steps)
+            if k >= K:
+                break
+            try:
+                program.progress_raw(k, view, start)
+            except BaseException as e:  # noqa: BLE001
+                prog_count[k] += 1
+                if len(prog_examples) < 3:
+                    prog_examples.append([k, _traceback(e, program.name)])
+    return {"steps": steps, "seconds": seconds, "calls": calls, "exceptions": exc_count,
+            "exception_examples": exc_examples, "progress_problems": prog_count, "progress_examples": prog_examples}
+
+
+def _step(program: Loaded, starts: dict, msg: dict) -> bytes:
+    """One vector step: for each env (index, next sub-task k or -1 for a new episode, view, start view or None)."""
+    n, K, with_progress = msg["n"], program.k, msg["progress"]
+    new_k = [0] * n
+    progress = [0.0] * n
+    program.failures = 0
+    for i, k, view, start in msg["items"]:
+        if start is not None:
+            starts[i] = freeze(start)
+        view = freeze(view)
+        if k < 0:  # a new episode begins with this view
+            starts[i] = view
+            k = 0
+        else:
+            k = advance(program.check, k, K, view, starts[i])
+        new_k[i] = k
+        if with_progress and k < K:
+            progress[i] = program.progress_or_zero(k, view, starts[i])
+    return struct.pack(f"<i{n}i{n}d", program.failures, *new_k, *progress)
+
+
+def _call(program: Loaded, msg: dict) -> dict:
+    """One function call with verification semantics, for tests and tools: the value or the error."""
+    fn = program.check_raw if msg["kind"] == "subtask" else program.progress_raw
+    try:
+        value = fn(msg["k"], freeze(msg["obs"]), freeze(msg["start"]))
+    except BaseException as e:  # noqa: BLE001
+        return {"error": _traceback(e, program.name)}
+    return {"value": value}
+
+
+def serve() -> None:
+    program: Loaded | None = None
+    starts: dict = {}
+    while True:
+        try:
+            (length,) = struct.unpack("<I", _read_exact(4))
+            msg = pickle.loads(_read_exact(length))  # from the trusted parent
+        except EOFError:
+            return
+        op = msg["op"]
+        if op == "load":
+            try:
+                program = Loaded(msg["source"], msg["constants"], msg["name"])
+            except BaseException as e:  # noqa: BLE001 - module level raised, too deep to compile, ...
+                _reply_json({"ok": False, "error": _traceback(e, msg["name"])})
+            else:
+                _reply_json({"ok": True, "subtasks": program.k,
+                             "has_progress": [fn is not None for fn in program.progress]})
+        elif op == "walk":
+            _reply_json(_walk(program, msg["views"], msg["progress"]))
+        elif op == "step":
+            _write(_step(program, starts, msg))
+        elif op == "call":
+            _reply_json(_call(program, msg))
+        else:
+            return
+
+
+def main(argv: list[str]) -> None:
+    opts = json.loads(argv[-1])
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # never outlive the parent
+    if os.getppid() == 1:
+        os._exit(1)
+    _warm_up()
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)  # nothing of the program reaches a terminal
+    os.close(devnull)
+    status = confine(int(opts["memory_mb"]), int(opts["cpu_s"]), set(opts.get("skip", ())))
+    _reply_json({"ready": True, "confinement": status})
+    try:
+        serve()
+    except MemoryError:
+        os._exit(3)
+    os._exit(0)
+
+
+if __name__ == "__main__":  # pragma: no cover - started by confine.py
+    main(sys.argv)

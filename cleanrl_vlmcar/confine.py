@@ -1,0 +1,432 @@
+"""Confine: the one boundary around generated code. Every execution of a reward program (verify, evaluate,
+synthesize, training) happens in a `ProgramWorker`, a separate process that this module starts and talks to.
+
+The worker (`cleanrl_vlmcar._worker`) is a fresh interpreter (``python -I``; not a fork of the learner, whose
+memory and keys it would copy), started with an empty environment (only thread-count variables), in its own
+session (Ctrl-C in the terminal does not reach it), with stderr sent to /dev/null once it has booted. Before it
+reads the program it confines itself: rlimits (memory, CPU time, no new files, file size 0), no new privileges,
+all capabilities dropped, Landlock with no filesystem access, and a seccomp filter refusing execve, new processes,
+sockets, ptrace, cross-process memory and signals to other processes. It then reports what it applied.
+
+What crosses the boundary:
+* to the worker: pickles of trusted data (the program text, view constants, views);
+* back: JSON of bounded size, checked field by field (load, walk, call), or a fixed-size binary record (step).
+  Nothing the worker sends is unpickled or evaluated, and all text in it is sanitised before anyone sees it.
+
+A reply that does not come before its deadline, a crash, or a malformed reply kills the worker (`WorkerError`);
+the caller decides whether to restart it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import pickle
+import select
+import signal
+import struct
+import subprocess
+import sys
+import time
+import weakref
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .program import RewardProgram, sanitize
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MEMORY_MB = 1024
+DEFAULT_CPU_S = 3600  # the worker's CPU-time rlimit; a worker that reaches it is restarted like a crashed one
+STARTUP_TIMEOUT_S = 60.0
+LOAD_TIMEOUT_S = 30.0
+MAX_JSON_REPLY = 16 << 20
+MAX_TEXT = 2000
+_PKG_PARENT = str(Path(__file__).resolve().parents[1])
+_BOOT = ("import sys; sys.path[:0] = [p for p in sys.argv[1].split(chr(31)) if p]; "
+         "from cleanrl_vlmcar._worker import main; main(sys.argv)")
+#: environment variables the worker keeps (thread counts and OpenBLAS CPU settings; never keys or tokens)
+_ENV_KEEP = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "LD_LIBRARY_PATH")
+
+
+class ConfinementError(RuntimeError):
+    """The operating-system confinement asked for (`require_confinement`) is not available on this machine."""
+
+
+class WorkerError(RuntimeError):
+    """The worker did not answer properly: `kind` is "timeout", "crash", "protocol" or "load"."""
+
+    def __init__(self, kind: str, message: str):
+        self.kind = kind
+        super().__init__(message)
+
+
+@dataclass(frozen=True)
+class Confinement:
+    """What the worker applied to itself before it read the program."""
+
+    landlock_abi: int = 0
+    seccomp: bool = False
+    no_new_privs: bool = False
+    capabilities_dropped: bool = False
+    rlimits: dict = field(default_factory=dict)
+
+    def missing(self) -> list[str]:
+        out = []
+        if not self.landlock_abi:
+            out.append("Landlock (no filesystem isolation)")
+        if not self.seccomp:
+            out.append("seccomp (no system-call filter: processes, sockets and ptrace are not refused)")
+        if not self.no_new_privs:
+            out.append("no_new_privs")
+        return out
+
+    def describe(self) -> str:
+        parts = [f"Landlock ABI {self.landlock_abi}" if self.landlock_abi else "no Landlock",
+                 "seccomp" if self.seccomp else "no seccomp",
+                 "capabilities dropped" if self.capabilities_dropped else "capabilities kept"]
+        r = self.rlimits
+        if r:
+            parts.append(f"rlimits: {r.get('memory_mb')} MB, {r.get('cpu_s')} s CPU, {r.get('nofile')} fds, "
+                         "file size 0")
+        return ", ".join(parts)
+
+
+_warned_missing: set[tuple[str, ...]] = set()
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        try:
+            proc.kill()
+        except OSError:
+            pass
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:  # pragma: no cover - a process that ignores SIGKILL
+        pass
+    for f in (proc.stdin, proc.stdout, proc.stderr):
+        if f is not None:
+            try:
+                f.close()
+            except OSError:
+                pass
+
+
+def _number(x: Any, lo: float = 0.0, hi: float = math.inf, integer: bool = False) -> bool:
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return False
+    if integer and not isinstance(x, int):
+        return False
+    return math.isfinite(x) and lo <= x <= hi if not integer else lo <= x <= hi
+
+
+@dataclass
+class WalkResult:
+    """One recorded episode walked by the program in the worker (validated and sanitised)."""
+
+    steps: list[int | None]  # step at which each sub-task completed (in order), None for never
+    seconds: list[float]  # time in each sub-task's check
+    calls: list[int]
+    exceptions: list[int]  # per sub-task
+    exception_examples: list[tuple[int, str]]
+    progress_problems: list[int]
+    progress_examples: list[tuple[int, str]]
+
+
+class ProgramWorker:
+    """A confined process running one reward program. Use as a context manager, or call `close()`.
+
+    `memory_mb` and `cpu_s` are the worker's rlimits; `require_confinement=True` raises ConfinementError where
+    the kernel lacks Landlock or seccomp (else a warning is logged once and the worker runs with process
+    isolation and rlimits only). `skip` is for tests: confinement steps to leave out ("landlock", "seccomp").
+    """
+
+    def __init__(self, program: RewardProgram, *, memory_mb: int = DEFAULT_MEMORY_MB, cpu_s: int = DEFAULT_CPU_S,
+                 require_confinement: bool = False, skip: tuple[str, ...] = ()):
+        if not isinstance(program, RewardProgram):
+            raise TypeError("ProgramWorker needs a checked RewardProgram (cleanrl_vlmcar.program.load_program)")
+        self.program = program
+        self.memory_mb, self.cpu_s = int(memory_mb), int(cpu_s)
+        self.require_confinement, self.skip = require_confinement, tuple(skip)
+        self.proc: subprocess.Popen | None = None
+        self.confinement = Confinement()
+        self.starts = 0
+        self._finalizer = None
+        self.start()
+
+    # ------------------------------------------------------------------------------------------------------
+    # Process life
+    # ------------------------------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start (or restart) the worker and load the program into it."""
+        self.kill()
+        paths = chr(31).join([_PKG_PARENT] + [p for p in sys.path if p and os.path.isdir(p)])
+        opts = json.dumps({"memory_mb": self.memory_mb, "cpu_s": self.cpu_s, "skip": list(self.skip)})
+        env = {k: os.environ[k] for k in _ENV_KEEP if k in os.environ}
+        env.update(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
+        self.proc = subprocess.Popen([sys.executable, "-I", "-c", _BOOT, paths, opts], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd="/",
+                                     start_new_session=True, close_fds=True)
+        self._finalizer = weakref.finalize(self, _kill, self.proc)
+        self._r, self._w = self.proc.stdout.fileno(), self.proc.stdin.fileno()
+        os.set_blocking(self._r, False)
+        os.set_blocking(self._w, False)
+        self.starts += 1
+        try:
+            ready = self._recv_json(time.monotonic() + STARTUP_TIMEOUT_S)
+        except WorkerError as e:
+            err = b""
+            try:
+                err = self.proc.stderr.read()[-3000:]
+            except (OSError, ValueError):
+                pass
+            self.kill()
+            raise WorkerError("crash", f"the program worker did not start ({e}):\n"
+                                       f"{sanitize(err.decode(errors='replace'), 3000)}") from None
+        self.proc.stderr.close()
+        status = ready.get("confinement") if isinstance(ready, dict) and ready.get("ready") is True else None
+        if not isinstance(status, dict):
+            self.kill()
+            raise WorkerError("protocol", "the program worker sent a malformed greeting")
+        self.confinement = Confinement(
+            landlock_abi=int(status.get("landlock_abi", 0)) if _number(status.get("landlock_abi"), integer=True) else 0,
+            seccomp=status.get("seccomp") is True, no_new_privs=status.get("no_new_privs") is True,
+            capabilities_dropped=status.get("capabilities_dropped") is True,
+            rlimits={k: v for k, v in (status.get("rlimits") or {}).items() if _number(v, integer=True)})
+        missing = self.confinement.missing()
+        if missing:
+            if self.require_confinement:
+                self.kill()
+                raise ConfinementError("the operating-system confinement of reward programs is incomplete on this "
+                                       "machine: missing " + "; ".join(missing) + ". Run on a Linux kernel with "
+                                       "Landlock and seccomp (and the landlock and pyseccomp packages), or drop "
+                                       "--require-confinement to run with process isolation and rlimits only.")
+            if tuple(missing) not in _warned_missing:
+                _warned_missing.add(tuple(missing))
+                log.warning("reward programs run with reduced confinement on this machine: missing %s. They still run "
+                            "in a separate process with rlimits. Pass --require-confinement to make this an error.",
+                            "; ".join(missing))
+        self._send({"op": "load", "source": self.program.source, "constants": self.program.constants,
+                    "name": "<program>"}, time.monotonic() + LOAD_TIMEOUT_S)
+        try:
+            reply = self._recv_json(time.monotonic() + LOAD_TIMEOUT_S)
+        except WorkerError as e:
+            raise WorkerError("load", f"running the program's top level failed: {e}") from None
+        if not isinstance(reply, dict) or reply.get("ok") is not True:
+            error = reply.get("error") if isinstance(reply, dict) else None
+            self.kill()
+            raise WorkerError("load", "running the program's top level raised:\n"
+                              + sanitize(error if isinstance(error, str) else "(no message)", MAX_TEXT))
+        if reply.get("subtasks") != self.program.num_subtasks:
+            self.kill()
+            raise WorkerError("protocol", "the program worker loaded a different number of sub-tasks")
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            if self._finalizer is not None:
+                self._finalizer.detach()
+            _kill(self.proc)
+            self.proc = None
+
+    close = kill
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def __enter__(self) -> "ProgramWorker":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------------------------------------------
+    # Framing
+    # ------------------------------------------------------------------------------------------------------
+    def _fail(self, kind: str, message: str) -> WorkerError:
+        code = None
+        if self.proc is not None:
+            try:
+                self.proc.kill()
+                code = self.proc.wait(timeout=5)
+            except (OSError, subprocess.TimeoutExpired):
+                pass
+        if kind == "crash" and code is not None:
+            if code < 0:
+                name = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else str(-code)
+                hint = {"SIGXCPU": " (CPU-time limit)", "SIGSEGV": " (a crash, e.g. from very deep nesting)",
+                        "SIGSYS": " (a refused system call)"}.get(name, "")
+                message += f": killed by {name}{hint}"
+            elif code == 3:
+                message += ": out of memory"
+            else:
+                message += f": exit code {code}"
+        self.kill()
+        return WorkerError(kind, message)
+
+    def _send(self, obj: Any, deadline: float) -> None:
+        if not self.alive:
+            raise self._fail("crash", "the program worker is not running")
+        payload = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+        view = memoryview(struct.pack("<I", len(payload)) + payload)
+        while view:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise self._fail("timeout", "the program worker stopped reading its requests")
+            _, ready, _ = select.select([], [self._w], [], remaining)
+            if ready:
+                try:
+                    view = view[os.write(self._w, view):]
+                except BlockingIOError:
+                    continue
+                except (BrokenPipeError, OSError):
+                    raise self._fail("crash", "the program worker died") from None
+
+    def _read(self, n: int, deadline: float) -> bytes:
+        buf = bytearray()
+        while len(buf) < n:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise self._fail("timeout", "the program did not answer in time")
+            ready, _, _ = select.select([self._r], [], [], remaining)
+            if not ready:
+                continue
+            try:
+                chunk = os.read(self._r, n - len(buf))
+            except BlockingIOError:
+                continue
+            except OSError:
+                chunk = b""
+            if not chunk:
+                raise self._fail("crash", "the program worker died")
+            buf += chunk
+        return bytes(buf)
+
+    def _recv(self, deadline: float, max_len: int) -> bytes:
+        (length,) = struct.unpack("<I", self._read(4, deadline))
+        if length > max_len:
+            raise self._fail("protocol", f"the program worker sent a reply of {length} bytes (at most {max_len})")
+        return self._read(length, deadline)
+
+    def _recv_json(self, deadline: float) -> Any:
+        raw = self._recv(deadline, MAX_JSON_REPLY)
+        try:
+            return json.loads(raw, parse_constant=_reject_constant)
+        except (ValueError, RecursionError, UnicodeDecodeError):
+            raise self._fail("protocol", "the program worker sent a malformed reply") from None
+
+    # ------------------------------------------------------------------------------------------------------
+    # Requests
+    # ------------------------------------------------------------------------------------------------------
+    def walk(self, views: list, progress: bool = False, timeout_s: float = 60.0) -> WalkResult:
+        """Walk one recorded episode (`views[0]` the reset view) with the hook's in-order rule, verification's
+        accounting: exceptions surface (counted, first tracebacks kept) instead of being silently False."""
+        deadline = time.monotonic() + timeout_s
+        self._send({"op": "walk", "views": views, "progress": bool(progress)}, deadline)
+        reply = self._recv_json(deadline)
+        try:
+            return _walk_result(reply, self.program.num_subtasks, len(views))
+        except (ValueError, TypeError, KeyError):
+            raise self._fail("protocol", "the program worker sent an invalid walk result") from None
+
+    def step(self, items: list[tuple[int, int, Any, Any]], n: int, progress: bool,
+             timeout_s: float) -> tuple[int, np.ndarray, np.ndarray]:
+        """One vector step. `items`: (env index, next sub-task k or -1 when a new episode begins with this view,
+        view, start view to (re)register or None). Returns (check failures, new next sub-task per env, progress
+        of the new next sub-task per env), read from a fixed-size record and range-checked."""
+        deadline = time.monotonic() + timeout_s
+        self._send({"op": "step", "items": items, "n": n, "progress": bool(progress)}, deadline)
+        size = 4 + 12 * n
+        raw = self._recv(deadline, size)
+        if len(raw) != size:
+            raise self._fail("protocol", f"the program worker sent {len(raw)} bytes instead of {size}")
+        failures = int(np.frombuffer(raw, dtype="<i4", count=1)[0])
+        new_k = np.frombuffer(raw, dtype="<i4", count=n, offset=4).astype(np.int64)
+        prog = np.frombuffer(raw, dtype="<f8", count=n, offset=4 + 4 * n).copy()
+        K = self.program.num_subtasks
+        lo = np.zeros(n, dtype=np.int64)
+        for i, k, _, _ in items:
+            lo[i] = max(k, 0)
+        ok = failures >= 0 and np.all(new_k >= lo) and np.all(new_k <= K) and np.all(np.isfinite(prog)) \
+            and np.all((prog >= 0) & (prog <= 1))
+        for i, k, _, _ in items:
+            ok = ok and (k >= 0 or new_k[i] == 0)
+        if not ok:
+            raise self._fail("protocol", "the program worker sent values out of range")
+        return failures, new_k, prog
+
+    def call(self, kind: str, k: int, obs: Any, start: Any, timeout_s: float = 10.0) -> tuple[Any, str | None]:
+        """Call subtask_{k+1} (`kind` "subtask") or progress_{k+1} ("progress") once: (value, None) or
+        (None, sanitised error). A subtask's value is a bool; a progress value a float in [0, 1] or None."""
+        if kind not in ("subtask", "progress") or not 0 <= k < self.program.num_subtasks:
+            raise ValueError(f"no {kind}_{k + 1} in this program")
+        deadline = time.monotonic() + timeout_s
+        self._send({"op": "call", "kind": kind, "k": int(k), "obs": obs, "start": start}, deadline)
+        reply = self._recv_json(deadline)
+        if isinstance(reply, dict) and isinstance(reply.get("error"), str):
+            return None, sanitize(reply["error"], MAX_TEXT)
+        value = reply.get("value", "bad") if isinstance(reply, dict) else "bad"
+        if kind == "subtask" and isinstance(value, bool):
+            return value, None
+        if kind == "progress" and (value is None or _number(value, 0.0, 1.0)):
+            return value, None
+        raise self._fail("protocol", "the program worker sent an invalid value")
+
+
+def _reject_constant(name: str):
+    raise ValueError(f"non-finite number {name} in a worker reply")
+
+
+def _walk_result(d: Any, K: int, T: int) -> WalkResult:
+    """Validate a walk reply against the episode it was asked about; ValueError when anything is off."""
+    if not isinstance(d, dict):
+        raise ValueError("not an object")
+    steps = d["steps"]
+    if not isinstance(steps, list) or len(steps) != K:
+        raise ValueError("steps")
+    previous = 1
+    for j, s in enumerate(steps):
+        if s is None:
+            if any(x is not None for x in steps[j:]):
+                raise ValueError("steps out of order")
+            break
+        if not _number(s, previous, T - 1, integer=True):
+            raise ValueError("step out of range")
+        previous = s
+
+    def counts(key: str, integer: bool) -> list:
+        v = d[key]
+        if not isinstance(v, list) or len(v) != K or not all(_number(x, integer=integer) for x in v):
+            raise ValueError(key)
+        return v
+
+    def examples(key: str) -> list[tuple[int, str]]:
+        v = d[key]
+        if not isinstance(v, list) or len(v) > 3:
+            raise ValueError(key)
+        out = []
+        for item in v:
+            if not (isinstance(item, list) and len(item) == 2 and _number(item[0], 0, K - 1, integer=True)
+                    and isinstance(item[1], str)):
+                raise ValueError(key)
+            out.append((item[0], sanitize(item[1], MAX_TEXT)))
+        return out
+
+    return WalkResult(steps=steps, seconds=[float(x) for x in counts("seconds", False)],
+                      calls=counts("calls", True), exceptions=counts("exceptions", True),
+                      exception_examples=examples("exception_examples"),
+                      progress_problems=counts("progress_problems", True),
+                      progress_examples=examples("progress_examples"))
+
+
+def confinement_status(require: bool = False) -> Confinement:
+    """What confinement this machine gives reward programs (starts a worker with a trivial program)."""
+    trivial = RewardProgram("SUBTASKS = ['nothing']\ndef subtask_1(obs, start):\n    return False\n")
+    with ProgramWorker(trivial, require_confinement=require) as w:
+        return w.confinement
