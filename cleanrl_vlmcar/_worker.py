@@ -228,6 +228,7 @@ class Loaded:
         self.subtask = [namespace[f"subtask_{i}"] for i in range(1, self.k + 1)]
         self.progress = [namespace.get(f"progress_{i}") for i in range(1, self.k + 1)]
         self.failures = 0
+        self.first_error = ""  # the first failure's traceback, for the learner's log
 
     # verification semantics: failures surface as exceptions
     def check_raw(self, k: int, obs, start) -> bool:
@@ -246,17 +247,22 @@ class Loaded:
     def check(self, k: int, obs, start) -> bool:
         try:
             return self.check_raw(k, obs, start)
-        except BaseException:  # noqa: BLE001 - generated code may raise anything
-            self.failures += 1
+        except BaseException as e:  # noqa: BLE001 - generated code may raise anything
+            self._failed(e)
             return False
 
     def progress_or_zero(self, k: int, obs, start) -> float:
         try:
             value = self.progress_raw(k, obs, start)
-        except BaseException:  # noqa: BLE001
-            self.failures += 1
+        except BaseException as e:  # noqa: BLE001
+            self._failed(e)
             return 0.0
         return 0.0 if value is None else value
+
+    def _failed(self, exc: BaseException) -> None:
+        self.failures += 1
+        if not self.first_error:
+            self.first_error = _traceback(exc, self.name)
 
 
 def _describe(value) -> str:
@@ -381,6 +387,8 @@ def serve() -> None:
             _write(_step(program, starts, msg))
         elif op == "call":
             _reply_json(_call(program, msg))
+        elif op == "first_error":
+            _reply_json({"error": program.first_error})
         else:
             return
 

@@ -379,6 +379,17 @@ class ProgramWorker:
         raise self._fail("protocol", "the program worker sent an invalid value")
 
 
+    def first_error(self, timeout_s: float = 5.0) -> str:
+        """The sanitised traceback of the first check that failed in the hook's steps ("" when none has)."""
+        deadline = time.monotonic() + timeout_s
+        self._send({"op": "first_error"}, deadline)
+        reply = self._recv_json(deadline)
+        error = reply.get("error") if isinstance(reply, dict) else None
+        if not isinstance(error, str):
+            raise self._fail("protocol", "the program worker sent an invalid reply")
+        return sanitize(error, MAX_TEXT)
+
+
 def _reject_constant(name: str):
     raise ValueError(f"non-finite number {name} in a worker reply")
 

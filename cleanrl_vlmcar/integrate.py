@@ -152,6 +152,7 @@ class ProgramRunner:
         self.check_failures = self.worker_restarts = self.checked = 0
         self._failed_in_a_row = 0
         self.disabled: str | None = None
+        self.first_error = ""  # the worker's traceback of the first failed check (sanitised)
 
     def step(self, items: list[tuple[int, int, Any]]) -> tuple[np.ndarray, np.ndarray] | None:
         """`items`: (env index, next sub-task, or -1 when a new episode begins with this view, view). Returns the new
@@ -176,6 +177,11 @@ class ProgramRunner:
             self._failed(len(items), e)
             return None
         self._failed_in_a_row = 0
+        if failures and not self.first_error:
+            try:
+                self.first_error = self.worker.first_error(self.deadline_s) or "(no traceback)"
+            except WorkerError as e:
+                self.first_error = f"(could not be read: {e})"
         self.check_failures += failures
         if self.checked >= 1000 and self.check_failures > 0.5 * self.checked:
             self._disable(f"its checks failed {self.check_failures} times in {self.checked} env steps")
@@ -183,6 +189,7 @@ class ProgramRunner:
 
     def _failed(self, n: int, error: WorkerError) -> None:
         self.check_failures += n
+        self.first_error = self.first_error or f"no answer from the worker ({error.kind}: {error})"
         self._failed_in_a_row += 1
         if self._failed_in_a_row >= self.max_failed_replies:
             self._disable(f"the worker failed {self._failed_in_a_row} times in a row (last: {error})")
@@ -454,8 +461,8 @@ class RewardHook:
     def _log_failures(self) -> None:
         total = self.runner.check_failures
         if self._warned < 10 or total // 1000 > self._warned // 1000:
-            log.warning("reward program checks failed %d time(s) so far (each counted as False); see why with "
-                        "`python -m cleanrl_vlmcar verify`", total)
+            log.warning("reward program checks failed %d time(s) so far (each counted as False); the first:\n%s",
+                        total, self.runner.first_error)
         self._warned = total
 
 
