@@ -3,7 +3,7 @@
     python benchmarks/compare_views.py [--env-id MiniGrid-UnlockPickup-v0] [--random 100] [--noisy 50] [--expert 50]
 
 Rolls out random, novice (50% random actions), sub-optimal (30%) and expert episodes, records both views of every
-step, runs each program through the hook's own `advance` rule and compares the steps at which the sub-tasks are
+step, runs each program (in its confined worker) through the hook's own `advance` rule and compares the steps at which the sub-tasks are
 completed. Prints every episode where they differ, with whether the environment counted a success and the action
 that led to the first step where they disagree, and writes
 benchmarks/results/compare_views_{env}.json.
@@ -15,7 +15,6 @@ import platform
 from pathlib import Path
 
 from cleanrl_vlmcar import cache
-from cleanrl_vlmcar.integrate import completion_steps
 from cleanrl_vlmcar.program import load_program
 from cleanrl_vlmcar.trajectories import make_env, make_policy, rollout
 from cleanrl_vlmcar.views import get_spec
@@ -38,7 +37,8 @@ def main():
         found = cache.lookup(args.env_id, view)
         if found is None:
             raise SystemExit(f"no verified {view} program for {args.env_id} in reward_cache/")
-        programs[view] = load_program(found[1]["program"], get_spec(env, view).constants(), name=found[0].name)
+        programs[view] = load_program(found[1]["program"], get_spec(env, view).constants(),
+                                      name=found[0].name).worker()
 
     rows, same, total = [], 0, 0
     for policy_name, n in (("random", args.random), ("noisy0.5", args.noisy), ("noisy0.3", args.noisy),
@@ -46,8 +46,8 @@ def main():
         policy = make_policy(policy_name, env)
         for i in range(n):
             traj = rollout(env, policy, args.seed + i, ["state", "pixels"], stop_on_success=False)
-            steps = {v: [t for t in completion_steps(prog.check, prog.num_subtasks, traj.views[v]) if t is not None]
-                     for v, prog in programs.items()}
+            steps = {v: [t for t in worker.walk(traj.views[v]).steps if t is not None]
+                     for v, worker in programs.items()}
             total += 1
             if steps["state"] == steps["pixels"]:
                 same += 1
@@ -65,6 +65,8 @@ def main():
     out.write_text(json.dumps({"env_id": args.env_id, "identical": same, "episodes": total, "differing": rows,
                                "machine": platform.machine()}, indent=2) + "\n")
     print(f"wrote {out}")
+    for worker in programs.values():
+        worker.close()
 
 
 if __name__ == "__main__":

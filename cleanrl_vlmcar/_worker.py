@@ -42,15 +42,18 @@ MAX_TEXT = 2000  # longest traceback or message a reply carries
 # ----------------------------------------------------------------------------------------------------------
 # Framing (the parent's side is in confine.py)
 # ----------------------------------------------------------------------------------------------------------
+_inbox = bytearray()
+
+
 def _read_exact(n: int) -> bytes:
-    chunks, got = [], 0
-    while got < n:
-        chunk = os.read(0, min(n - got, 1 << 20))
+    while len(_inbox) < n:
+        chunk = os.read(0, max(n - len(_inbox), 1 << 16))
         if not chunk:
             raise EOFError
-        chunks.append(chunk)
-        got += len(chunk)
-    return b"".join(chunks)
+        _inbox.extend(chunk)
+    out = bytes(_inbox[:n])
+    del _inbox[:n]
+    return out
 
 
 def _write(payload: bytes) -> None:
@@ -195,15 +198,22 @@ def confine(memory_mb: int, cpu_s: int, skip: set[str]) -> dict:
 # ----------------------------------------------------------------------------------------------------------
 # The program
 # ----------------------------------------------------------------------------------------------------------
+_SCALARS = (int, float, str, bool, type(None), np.generic)
+
+
 def freeze(value):
     """A read-only version of a view or a constant: dicts become mappingproxies, lists and sets tuples and
     frozensets, arrays non-writeable. A pure program sees the same values on every call."""
+    if isinstance(value, _SCALARS):
+        return value
     if isinstance(value, np.ndarray):
-        value.setflags(write=False)
+        value.flags.writeable = False
         return value
     if isinstance(value, dict):
-        return types.MappingProxyType({k: freeze(v) for k, v in value.items()})
+        return types.MappingProxyType({k: v if isinstance(v, _SCALARS) else freeze(v) for k, v in value.items()})
     if isinstance(value, (list, tuple)):
+        if isinstance(value, tuple) and all(isinstance(v, _SCALARS) for v in value):
+            return value
         return tuple(freeze(v) for v in value)
     if isinstance(value, (set, frozenset)):
         return frozenset(value)

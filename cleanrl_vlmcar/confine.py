@@ -175,6 +175,7 @@ class ProgramWorker:
                                      start_new_session=True, close_fds=True)
         self._finalizer = weakref.finalize(self, _kill, self.proc)
         self._r, self._w = self.proc.stdout.fileno(), self.proc.stdin.fileno()
+        self._buf = bytearray()  # bytes read from the worker and not yet consumed
         os.set_blocking(self._r, False)
         os.set_blocking(self._w, False)
         self.starts += 1
@@ -276,20 +277,20 @@ class ProgramWorker:
         payload = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
         view = memoryview(struct.pack("<I", len(payload)) + payload)
         while view:
+            try:
+                view = view[os.write(self._w, view):]  # a step's message usually fits the pipe at once
+                continue
+            except BlockingIOError:
+                pass
+            except OSError:
+                raise self._fail("crash", "the program worker died") from None
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise self._fail("timeout", "the program worker stopped reading its requests")
-            _, ready, _ = select.select([], [self._w], [], remaining)
-            if ready:
-                try:
-                    view = view[os.write(self._w, view):]
-                except BlockingIOError:
-                    continue
-                except (BrokenPipeError, OSError):
-                    raise self._fail("crash", "the program worker died") from None
+            select.select([], [self._w], [], remaining)
 
     def _read(self, n: int, deadline: float) -> bytes:
-        buf = bytearray()
+        buf = self._buf
         while len(buf) < n:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -298,7 +299,7 @@ class ProgramWorker:
             if not ready:
                 continue
             try:
-                chunk = os.read(self._r, n - len(buf))
+                chunk = os.read(self._r, max(n - len(buf), 1 << 16))
             except BlockingIOError:
                 continue
             except OSError:
@@ -306,7 +307,9 @@ class ProgramWorker:
             if not chunk:
                 raise self._fail("crash", "the program worker died")
             buf += chunk
-        return bytes(buf)
+        out = bytes(buf[:n])
+        del buf[:n]
+        return out
 
     def _recv(self, deadline: float, max_len: int) -> bytes:
         (length,) = struct.unpack("<I", self._read(4, deadline))
