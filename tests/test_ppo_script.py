@@ -103,3 +103,35 @@ def test_clip_end_episode(tmp_path, tiny_clip):
     assert len(lengths) >= 100 and set(lengths) == {1.0}
     assert tags["clip/episodes_ended"][-1] == len(lengths)
     assert tags["charts/success_rate"][-1] == 0.0  # ending on CLIP's word is not the env's success
+
+
+def test_reward_program_file_is_verified_then_trained_on(tmp_path):
+    """--reward-program FILE: the file is verified at startup, then the run trains on it (worker confined)."""
+    program = ROOT / "examples" / "keycorridor_state.py"
+    r = run(["--env-id", "MiniGrid-KeyCorridorS3R1-v0", "--reward-program", str(program), *TINY], tmp_path,
+            env={"VLMCAR_CACHE": str(tmp_path / "cache")})
+    assert r.returncode == 0, r.stderr[-3000:]
+    tags = scalars(only_run(tmp_path))
+    for tag in ("vlmcar/subtask_1_rate", "vlmcar/task_without_success", "vlmcar/check_failures",
+                "vlmcar/worker_restarts"):
+        assert tag in tags, (tag, sorted(tags))
+    assert tags["vlmcar/check_failures"][-1] == 0 and tags["vlmcar/worker_restarts"][-1] == 0
+
+
+def test_reward_program_that_fails_verification_stops_before_training(tmp_path):
+    bad = tmp_path / "always.py"  # completes every sub-task on the first step: random play "solves" the task
+    bad.write_text("SUBTASKS = ['everything']\ndef subtask_1(obs, start):\n    return True\n")
+    r = run(["--env-id", "MiniGrid-KeyCorridorS3R1-v0", "--reward-program", str(bad), *TINY], tmp_path,
+            env={"VLMCAR_CACHE": str(tmp_path / "cache")})
+    assert r.returncode != 0
+    assert "failed verification" in r.stderr and "random trajectories" in r.stderr
+    assert not list((tmp_path / "runs").iterdir())  # nothing half-made is left behind
+
+
+def test_reward_program_refused_statically_and_missing_file(tmp_path):
+    evil = tmp_path / "evil.py"
+    evil.write_text("import os\nSUBTASKS = ['x']\ndef subtask_1(obs, start):\n    return os.system('true') == 0\n")
+    r = run(["--env-id", "MiniGrid-KeyCorridorS3R1-v0", "--reward-program", str(evil), *TINY], tmp_path)
+    assert r.returncode != 0 and "import of 'os' is not allowed" in r.stderr
+    r = run(["--env-id", "MiniGrid-KeyCorridorS3R1-v0", "--reward-program", str(tmp_path / "nope.py"), *TINY], tmp_path)
+    assert r.returncode != 0 and "cannot read --reward-program" in r.stderr
