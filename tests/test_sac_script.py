@@ -143,3 +143,22 @@ def test_clip_reward_variant_on_panda(tmp_path, tiny_clip):
     assert_every_frame_rewarded(tags)
     assert len(tags["charts/shaped_return"]) == 2  # 50 + reset step + 50 <= 110 steps
     assert all(ret <= 0.0 for ret in tags["charts/episodic_return"])  # panda-gym's own sparse reward
+
+
+def test_reward_program_file_is_verified_then_trained_on(tmp_path):
+    """--reward-program FILE in the SAC script: the shipped PandaPush program, verified at startup, then trained on."""
+    from cleanrl_vlmcar import cache
+
+    _, entry = cache.lookup("PandaPush-v3", "state")
+    program = tmp_path / "push.py"
+    program.write_text(entry["program"])
+    r = run(["--env-id", "PandaPush-v3", "--reward-program", str(program), *TINY], tmp_path,
+            env={"VLMCAR_CACHE": str(tmp_path / "cache")})
+    assert r.returncode == 0, r.stderr[-3000:]
+    tags = scalars(only_run(tmp_path))
+    assert "vlmcar/task_without_success" in tags and tags["vlmcar/worker_restarts"][-1] == 0
+
+    program.write_text(PUSH_PROGRAM.replace("return True", "return obs['nope']"))  # raises on every view
+    r = run(["--env-id", "PandaPush-v3", "--reward-program", str(program), *TINY], tmp_path,
+            env={"VLMCAR_CACHE": str(tmp_path / "cache")})
+    assert r.returncode != 0 and "failed verification" in r.stderr and "KeyError" in r.stderr
