@@ -508,18 +508,67 @@ def short_traceback(exc: BaseException, name: str = "<program>", limit: int = 3)
     return "\n".join(out + [f"  {type(exc).__name__}: {exc}"])
 
 
+_PYTHON_LANGS = ("python", "py", "python3", "")
+
+
+def _fenced_blocks(text: str) -> list[tuple[str, str, bool]]:
+    """(language, body, closed) of each fenced block. A fence is a line that starts with ``` (after indentation);
+    a ```python written inside a line of prose is not one."""
+    blocks, lang, body, inside = [], "", [], False
+    for line in text.split("\n"):
+        stripped = line.strip()
+        if not inside and stripped.startswith("```"):
+            inside, body = True, []
+            rest = stripped[3:].strip()
+            lang = rest.split()[0].lower() if rest else ""
+        elif inside and stripped.endswith("```"):  # "```" alone, or closing the last code line
+            body.append(line[: line.rindex("```")].rstrip("`"))
+            blocks.append((lang, "\n".join(body), True))
+            inside = False
+        elif inside:
+            body.append(line)
+    if inside:
+        blocks.append((lang, "\n".join(body), False))
+    return blocks
+
+
+def _parse_problem(code: str) -> str | None:
+    try:
+        _parse(code, "<answer>")
+    except ProgramError as e:
+        return e.problems[0][1] if e.problems else "does not parse"
+    return None
+
+
 def extract_program(answer: str) -> str:
-    """Take the Python program out of a VLM's answer: exactly one fenced code block (or the whole answer when it
-    is plain code). Raises ProgramError with a message a VLM can act on."""
+    """Take the Python program out of a VLM's answer: the last complete fenced Python block that parses and defines
+    subtask_1 (else the last one that parses); an unclosed final block when it parses; the whole answer when it is
+    plain code. Raises ProgramError saying what was found, in words a VLM can act on."""
+    if not isinstance(answer, str):
+        raise ProgramError([(0, f"expected the answer as text, got {type(answer).__name__}")], "<answer>")
     text = answer.replace("\r\n", "\n").replace("\r", "\n")
-    blocks = re.findall(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)```", text, flags=re.S)
-    python_blocks = [body for lang, body in blocks if lang.lower() in ("python", "py", "python3", "")]
-    if len(python_blocks) == 1:
-        return python_blocks[0].strip("\n") + "\n"
-    if len(python_blocks) > 1:
-        raise ProgramError([(0, f"the answer has {len(python_blocks)} Python code blocks; answer with exactly one "
-                                "fenced ```python block holding the whole program")], "<answer>")
-    if "```" not in text and "def subtask_1" in text:
+    blocks = _fenced_blocks(text)
+    python = [(body.strip("\n") + "\n", closed) for lang, body, closed in blocks if lang in _PYTHON_LANGS]
+    complete = [body for body, closed in python if closed]
+    parsing = [body for body in reversed(complete) if _parse_problem(body) is None]
+    for body in parsing:
+        if "def subtask_1" in body:
+            return body
+    if parsing:
+        return parsing[0]
+    if python and not python[-1][1] and _parse_problem(python[-1][0]) is None:
+        return python[-1][0]  # the answer was cut off after a complete program
+    if not blocks and "def subtask_1" in text and _parse_problem(text) is None:
         return text.strip("\n") + "\n"
-    raise ProgramError([(0, "the answer has no ```python code block; answer with exactly one fenced ```python block "
-                            "holding the whole program")], "<answer>")
+    if not python:
+        other = sorted({lang or "(no language)" for lang, _, _ in blocks})
+        found = f"only code blocks in {', '.join(other)}" if blocks else "no fenced code block"
+        raise ProgramError([(0, f"the answer has {found}; answer with one fenced ```python block holding the whole "
+                                "program")], "<answer>")
+    details = []
+    for i, (body, closed) in enumerate(python, 1):
+        problem = _parse_problem(body)
+        details.append(f"block {i}{'' if closed else ' (not closed with ```)'}: {problem or 'parses'}")
+    raise ProgramError([(0, f"the answer has {len(python)} Python block(s) and none is a usable program ("
+                            + "; ".join(details) + "); answer with one complete fenced ```python block holding the "
+                            "whole program")], "<answer>")

@@ -301,11 +301,34 @@ def test_extract_one_block_with_prose():
     assert "def subtask_1" in extract_program(answer)
 
 
-def test_extract_rejects_no_block_and_two_blocks():
-    with pytest.raises(ProgramError, match="no ```python code block"):
+def test_extract_rejects_answers_without_a_usable_program():
+    with pytest.raises(ProgramError, match="no fenced code block"):
         extract_program("I think you should pick up the key.")
-    with pytest.raises(ProgramError, match="2 Python code blocks"):
-        extract_program("```python\nx = 1\n```\nand\n```python\ny = 2\n```")
+    with pytest.raises(ProgramError, match="only code blocks in text"):
+        extract_program("```text\nnotes\n```")
+    with pytest.raises(ProgramError, match=r"block 1: syntax error.*block 2 \(not closed with ```\): syntax error"):
+        extract_program("```python\ndef f(:\n```\nand\n```python\ndef g(:\n")
+
+
+def test_extract_takes_the_last_complete_block_that_parses():
+    first, second = prog("return False"), prog("return True")
+    answer = f"First try:\n```python\n{first}```\nOn reflection, better:\n```python\n{second}```\n"
+    assert "return True" in extract_program(answer)
+    # a later block that does not parse, or that is only a usage note, does not win
+    broken = f"```python\n{first}```\nAnd a fix:\n```python\ndef subtask_1(obs, start:\n```"
+    assert "return False" in extract_program(broken)
+    usage = f"```python\n{first}```\nUse it like this:\n```python\nsubtask_1(view, view)\n```"
+    assert "def subtask_1" in extract_program(usage)
+
+
+def test_extract_ignores_fences_mentioned_in_prose_and_uses_an_unclosed_final_block():
+    answer = ("I will write a ```python block below with the checks.\n\n```python\n" + prog("return True")
+              + "```\nThe ```python fence above holds everything.")
+    assert extract_program(answer).startswith("SUBTASKS")
+    cut_off = "Here is the program:\n```python\n" + prog("return True")  # the model stopped before the fence
+    assert extract_program(cut_off).startswith("SUBTASKS")
+    with pytest.raises(ProgramError, match="not closed"):
+        extract_program("```python\n" + prog("return (True"))  # unclosed and broken
 
 
 def test_extract_windows_line_endings_and_bare_code():
