@@ -641,8 +641,9 @@ class ManualBackend:
                     n += 1
                     kept = folder / f"answer.used-{n}.md"
                 os.replace(answer, kept)
-                problem = (f"--force asks again, but {answer} held the reply the earlier cache entry already used "
-                           f"(moved to {kept.name}).")
+                problem = (f"This prompt repeats one already answered: {answer} held a reply that an earlier round "
+                           f"(or, with --force, the earlier cache entry) already used; it was moved to {kept.name}. "
+                           "Ask the VLM again for a different answer.")
             else:
                 problem = f"{answer} is empty."
         else:

@@ -228,6 +228,8 @@ def synthesize(env_id: str, view: str, backend: Backend, config: SynthesisConfig
                     entry["report"] = report.to_dict() if report else None
                     cache.write_entry(entry, path)
                 raise
+        if isinstance(backend, ManualBackend):  # a later round whose prompt repeats this one must ask again
+            backend.used_answers.add(answer)
         try:
             program_text = extract_program(answer)
         except ProgramError as e:

@@ -617,3 +617,28 @@ def test_unsupported_env_or_view_fails_before_any_work(tmp_path, traj_cache):
     (rc / f"{ENV}__depth__x.json").write_text("{")
     with pytest.raises(ViewError):
         reward_program(ENV, "depth", reward_cache=rc)
+
+
+def test_manual_repeated_prompt_asks_for_a_new_answer(tmp_path, traj_cache, capsys):
+    """The same wrong answer twice makes round 3's prompt equal round 2's: the manual backend must not replay the
+    answer.md it already used in round 2, but ask again (exit 3), and the used reply is kept aside."""
+    manual, rc = tmp_path / "manual", tmp_path / "rc"
+    args = ("--vlm", "manual", "--manual-dir", str(manual))
+    assert _cli(*args, traj_cache=traj_cache, reward_cache=rc) == 3
+    [first] = [p for p in manual.iterdir() if p.is_dir()]
+    (first / "answer.md").write_text(WRONG_ANSWER)
+    assert _cli(*args, traj_cache=traj_cache, reward_cache=rc) == 3
+    [second] = [p for p in manual.iterdir() if p.is_dir() and p != first]
+    again = WRONG_ANSWER + "\nI checked it again; it is right.\n"  # the same wrong program, other words
+    (second / "answer.md").write_text(again)
+    capsys.readouterr()
+    assert _cli(*args, traj_cache=traj_cache, reward_cache=rc) == 3  # round 3 repeats round 2's prompt
+    out = capsys.readouterr().out
+    assert "repeats one already answered" in out and str(second) in out
+    assert not (second / "answer.md").exists() and (second / "answer.used.md").read_text() == again
+    partial = _only_entry(rc)
+    assert [r["passed"] for r in partial["rounds"]] == [False, False]  # two rounds recorded, not three
+    (second / "answer.md").write_text(GOOD_ANSWER)
+    assert _cli(*args, traj_cache=traj_cache, reward_cache=rc) == 0
+    [path] = _entries(rc)
+    assert [r["passed"] for r in json.loads(path.read_text())["rounds"]] == [False, False, True]
