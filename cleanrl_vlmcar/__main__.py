@@ -53,16 +53,29 @@ def cmd_check(args) -> int:
 
 
 def _add_verify_flags(p: argparse.ArgumentParser) -> None:
-    from .verify import DEFAULT_N, EXPERT_THRESHOLD, RANDOM_THRESHOLD
+    from .verify import DEFAULT_N, EXPERT_THRESHOLD, MIN_AGREEMENT, RANDOM_MARGIN, RANDOM_THRESHOLD
 
-    p.add_argument("--n", type=int, default=DEFAULT_N, help="expert and random trajectories each (default %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="first seed of the expert episodes (random: seed + 10000)")
-    p.add_argument("--expert-threshold", type=float, default=EXPERT_THRESHOLD,
-                   help="fraction of expert trajectories that must complete every sub-task (default %(default)s)")
-    p.add_argument("--random-threshold", type=float, default=RANDOM_THRESHOLD,
-                   help="largest fraction of random trajectories allowed to complete the task (default %(default)s)")
-    p.add_argument("--expert-source", choices=["expert", "demos"], default="expert",
-                   help="scripted expert, or your demonstrations (--demos)")
+    # defaults are None so that `verify` can tell a flag given from the settings an entry was verified with
+    p.add_argument("--n", type=int, default=None, help=f"expert and random trajectories each (default {DEFAULT_N})")
+    p.add_argument("--seed", type=int, default=None, help="first seed of the expert episodes (random: seed + 10000; "
+                                                          "held-out: + 50000); default 0")
+    p.add_argument("--expert-threshold", type=float, default=None,
+                   help=f"fraction of expert trajectories that must complete every sub-task (default {EXPERT_THRESHOLD})")
+    p.add_argument("--random-threshold", type=float, default=None,
+                   help=f"largest fraction of random trajectories allowed to complete the task (default "
+                        f"{RANDOM_THRESHOLD}); raised to the environment's own random success + --random-margin")
+    p.add_argument("--random-margin", type=float, default=None,
+                   help=f"margin over the environment's own random success (default {RANDOM_MARGIN})")
+    p.add_argument("--min-agreement", type=float, default=None,
+                   help=f"precision and recall of the final sub-task against the environment's success, where it "
+                        f"reports success (default {MIN_AGREEMENT})")
+    p.add_argument("--no-holdout", action="store_const", const=True, default=None,
+                   help="skip the held-out validation on fresh seeds (default: a program must pass both)")
+    p.add_argument("--max-check-us", type=float, default=None,
+                   help="fail a program whose checks take longer than this on average (default: only flag checks "
+                        "over the view's budget)")
+    p.add_argument("--expert-source", choices=["expert", "demos"], default=None,
+                   help="scripted expert (default), or your demonstrations (--demos)")
     p.add_argument("--demos", default=None, help="demonstrations .npz (seeds, lengths, actions)")
     p.add_argument("--cache-dir", default=None, help="trajectory cache folder (default .vlmcar or $VLMCAR_CACHE)")
     p.add_argument("--verify-timeout", type=float, default=120.0,
@@ -73,12 +86,32 @@ def _add_verify_flags(p: argparse.ArgumentParser) -> None:
                         "isolation and rlimits only)")
 
 
+def settings_from_args(args, base=None):
+    """The verification settings: `base` (an entry's recorded settings, or the defaults) with the flags given on
+    the command line on top; and the names of the flags that changed a recorded setting."""
+    from .verify import VerifySettings
+
+    settings = base or VerifySettings()
+    given = {"n": args.n, "seed": args.seed, "expert_threshold": args.expert_threshold,
+             "random_threshold": args.random_threshold, "margin": args.random_margin,
+             "min_agreement": args.min_agreement, "holdout": None if args.no_holdout is None else False,
+             "max_check_us": args.max_check_us, "expert_source": args.expert_source, "demos": args.demos}
+    given = {k: v for k, v in given.items() if v is not None}
+    if "demos" in given and "expert_source" not in given:
+        given["expert_source"] = "demos"
+    changed = sorted(k for k, v in given.items() if getattr(settings, k) != v)
+    merged = VerifySettings(**{**settings.to_dict(), **given})
+    if "demos" in given:
+        merged.demos_sha256 = None  # the given file is hashed when it is used
+    merged.check()
+    return merged, changed
+
+
 def cmd_verify(args) -> int:
     from . import cache
-    from .verify import verify_env
+    from .verify import VerifySettings, verify_env
 
-    if args.n < 1:
-        raise ValueError("--n must be at least 1")
+    base = None
     if args.program:
         source = _read(args.program)
     else:
@@ -89,9 +122,13 @@ def cmd_verify(args) -> int:
                              "`python -m cleanrl_vlmcar synthesize` first")
         print(f"verifying the cached program {found[0]}")
         source = found[1]["program"]
-    report = verify_env(source, args.env_id, args.view, n=args.n, seed=args.seed,
-                        expert_threshold=args.expert_threshold, random_threshold=args.random_threshold,
-                        expert_source=args.expert_source, demos=args.demos, cache_dir=args.cache_dir,
+        if found[1].get("verification"):
+            base = VerifySettings.from_dict(found[1]["verification"])
+    settings, changed = settings_from_args(args, base)
+    if base is not None:
+        print("with the settings it was verified with" + (f", except {', '.join(changed)} (from the command line)"
+                                                           if changed else ""))
+    report = verify_env(source, args.env_id, args.view, settings, cache_dir=args.cache_dir,
                         timeout_s=args.verify_timeout, memory_mb=args.memory_mb,
                         require_confinement=args.require_confinement)
     print(report.to_text())

@@ -20,7 +20,8 @@ from .backends import (BACKEND_NAMES, Backend, BackendError, ManualAnswerNeeded,
                        make_backend)
 from .program import ProgramError, RewardProgram, extract_program, load_program
 from .trajectories import DEFAULT_CACHE, Trajectory, TrajectoryStore, collect, load_demos, make_env, rollout
-from .verify import DEFAULT_N, EXPERT_THRESHOLD, RANDOM_THRESHOLD, VerifyReport, verify_program
+from .verify import (DEFAULT_N, EXPERT_THRESHOLD, MIN_AGREEMENT, RANDOM_MARGIN, RANDOM_THRESHOLD, VerifyReport,
+                     VerifySettings, file_sha256, verification_sets, verify_sets)
 from .views import ViewSpec, family_of, get_spec
 
 DEFAULT_ROUNDS = 3
@@ -81,17 +82,24 @@ def first_prompt(env_id: str, task: str, note: str, spec: ViewSpec, images, n: i
 
 def feedback_prompt(env_id: str, task: str, note: str, spec: ViewSpec, images, previous_program: str,
                     report: VerifyReport, stall_image: np.ndarray | None = None, n: int = DEFAULT_N,
-                    expert_threshold: float = EXPERT_THRESHOLD, random_threshold: float = RANDOM_THRESHOLD) -> Prompt:
+                    expert_threshold: float = EXPERT_THRESHOLD, random_threshold: float = RANDOM_THRESHOLD,
+                    false_positive_image: np.ndarray | None = None) -> Prompt:
     images = list(images)
     extra = ""
     if stall_image is not None:
         images.append(("frame where the expert had completed the task but your check did not fire", stall_image))
         extra = " The third image is the frame where your program's progress stalled in an expert episode."
+    if false_positive_image is not None:
+        images.append(("frame of a random episode where your program said the task was done but it was not",
+                       false_positive_image))
+        extra += (f" Image {len(images)} is the frame of a random episode where your program's last check held "
+                  "although the environment did not count the task as done.")
     text = prompts.FEEDBACK.format(env_id=env_id, task=task, task_note=note, extra_images=extra,
                                    view_doc=spec.doc(), program_format=prompts.PROGRAM_FORMAT,
                                    rules=_rules(n, expert_threshold, random_threshold),
                                    previous_program=previous_program.strip() or "(no program could be read from "
-                                   "your answer)", report=report.to_text(costs=False))
+                                   "your answer)", report=report.to_text(costs=False,
+                                                                                holdout_details=False))
     return Prompt(text=text, images=images, system=prompts.SYSTEM)
 
 
@@ -127,6 +135,17 @@ class SynthesisConfig:
     require_confinement: bool = False
     force: bool = False
     progress: bool = True
+    holdout: bool = True
+    margin: float = RANDOM_MARGIN
+    min_agreement: float = MIN_AGREEMENT
+    max_check_us: float | None = None
+
+    def verify_settings(self) -> VerifySettings:
+        return VerifySettings(n=self.n, seed=self.seed, expert_threshold=self.expert_threshold,
+                              random_threshold=self.random_threshold, expert_source=self.expert_source,
+                              demos=self.demos, demos_sha256=file_sha256(self.demos) if self.demos else None,
+                              holdout=self.holdout, margin=self.margin, min_agreement=self.min_agreement,
+                              max_check_us=self.max_check_us)
 
 
 def _log(msg: str, progress: bool) -> None:
@@ -205,15 +224,20 @@ def synthesize(env_id: str, view: str, backend: Backend, config: SynthesisConfig
         "expert": {"n": len(expert), "dropped": dropped, "seeds": [t.seed for t in expert]},
         "random": {"n": len(random), "seeds": [t.seed for t in random]},
     }
+    vsettings = cfg.verify_settings()
+    entry["verification"] = vsettings.to_dict()
     prompt, report, program_text = prompt1, None, ""
     for r in range(1, cfg.rounds + 1):
         if r > 1:
-            stall = None
+            stall = wrong = None
             if report.stall is not None and "rgb" in expert[0].views[view][0]:
                 stalled = next(t for t in expert if t.seed == report.stall.seed)
                 stall = stalled.views[view][report.stall.final_step]["rgb"]
+            if report.false_positive is not None and "rgb" in expert[0].views[view][0]:
+                fp = next(t for t in random if t.seed == report.false_positive.seed)
+                wrong = fp.views[view][report.false_positive.step]["rgb"]
             prompt = feedback_prompt(env_id, task, note, spec, images, program_text, report, stall, cfg.n,
-                                     cfg.expert_threshold, cfg.random_threshold)
+                                     cfg.expert_threshold, cfg.random_threshold, wrong)
         if r <= len(recorded) and recorded[r - 1].get("prompt") == prompt.text:
             answer = recorded[r - 1]["answer"]
             _log(f"round {r}/{cfg.rounds}: replaying the recorded answer", cfg.progress)
@@ -238,10 +262,11 @@ def synthesize(env_id: str, view: str, backend: Backend, config: SynthesisConfig
                                   expert_threshold=cfg.expert_threshold, random_threshold=cfg.random_threshold)
         else:
             _log(f"round {r}/{cfg.rounds}: verifying", cfg.progress)
-            report = verify_program(program_text, constants, env_id, view, expert, random, dropped,
-                                    cfg.expert_threshold, cfg.random_threshold, cfg.verify_timeout, cfg.memory_mb,
-                                    require_confinement=cfg.require_confinement,
-                                    artifacts_dir=traj_root / "reports")
+            report = verify_sets(program_text, constants, env_id, view, vsettings, (expert, random, dropped),
+                                 lambda: verification_sets(env_id, view, vsettings, True, cache_dir=traj_root,
+                                                           progress=cfg.progress, env=env),
+                                 artifacts_dir=traj_root / "reports", timeout_s=cfg.verify_timeout,
+                                 memory_mb=cfg.memory_mb, require_confinement=cfg.require_confinement)
         _log(f"round {r}/{cfg.rounds}: {'PASSED' if report.passed else 'FAILED'}", cfg.progress)
         entry["rounds"].append({"round": r, "prompt": prompt.text, "system": prompt.system,
                                 "images": [caption for caption, _ in prompt.images], "answer": answer,
@@ -310,9 +335,13 @@ def backend_from_args(args) -> Backend:
 
 def cmd_synthesize(args) -> int:
     backend = backend_from_args(args)
-    cfg = SynthesisConfig(rounds=args.rounds, n=args.n, seed=args.seed, expert_threshold=args.expert_threshold,
-                          random_threshold=args.random_threshold, expert_source=args.expert_source, demos=args.demos,
-                          traj_cache=args.cache_dir, reward_cache=args.reward_cache,
+    from .__main__ import settings_from_args
+
+    vs, _ = settings_from_args(args)
+    cfg = SynthesisConfig(rounds=args.rounds, n=vs.n, seed=vs.seed, expert_threshold=vs.expert_threshold,
+                          random_threshold=vs.random_threshold, expert_source=vs.expert_source, demos=vs.demos,
+                          holdout=vs.holdout, margin=vs.margin, min_agreement=vs.min_agreement,
+                          max_check_us=vs.max_check_us, traj_cache=args.cache_dir, reward_cache=args.reward_cache,
                           verify_timeout=args.verify_timeout, memory_mb=args.memory_mb, force=args.force,
                           require_confinement=args.require_confinement)
     try:

@@ -144,7 +144,9 @@ from cleanrl_vlmcar.program import ProgramError, check_source
 forms, head = eval(sys.argv[1]), sys.argv[2]
 worst, outcomes = 0.0, []
 for name, src in forms.items():
-    for n in (10, 50, 90, 200, 400, 1000, 3000, 10000, 30000, 100000):
+    depths = (10, 50, 98, 99, 100, 101, 150, 200) if name == "nested blocks" else \\
+        (10, 50, 90, 200, 400, 1000, 3000, 10000, 30000, 100000)
+    for n in depths:
         text = head + eval(src)(n) + "\\n"
         if len(text) > 110_000:
             continue
