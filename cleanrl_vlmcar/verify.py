@@ -421,9 +421,10 @@ def verify_sets(source: str, constants: dict, env_id: str, view: str, settings: 
     report.settings = settings.to_dict()
     if report.passed and settings.holdout and holdout_sets is not None:
         h_expert, h_random, h_dropped = holdout_sets()
-        if not h_expert:
-            report.reasons.append("no successful expert trajectories for the held-out seeds (with demonstrations: "
-                                  f"the file needs {2 * settings.n} successful episodes, or pass --no-holdout)")
+        if len(h_expert) < settings.n:
+            report.reasons.append(f"only {len(h_expert)} successful expert trajectories for the held-out set (needs "
+                                  f"{settings.n}; with demonstrations the file needs {2 * settings.n} successful "
+                                  "episodes, or pass --no-holdout)")
             report.passed = False
             return report
         report.holdout = verify_program(source, constants, env_id, view, h_expert, h_random, h_dropped, **kw)

@@ -43,7 +43,7 @@ LEARNER_GETERR = np.geterr()
 
 
 def prog(body: str, subtasks: str = '["a"]', extra: str = "") -> str:
-    """A one-sub-task program whose subtask_1 (and progress_1) run `body`."""
+    """A program with sub-task(s) `subtasks` whose subtask_1 runs `body` (indented for you), after `extra`."""
     body = textwrap.indent(textwrap.dedent(body).strip("\n"), "    ")
     return f"SUBTASKS = {subtasks}\n{extra}\ndef subtask_1(obs, start):\n{body}\n"
 
@@ -86,6 +86,7 @@ RAISE_BIG_INT = "raise ValueError(10**5000)"
 RETURN_BIG_INT = "return 10**5000"
 RETURN_DEEP_LIST = "x = []\nfor i in range(10**5):\n    x = [x]\nreturn x"
 RAISE_DEEP_LIST = "x = []\nfor i in range(10**5):\n    x = [x]\nraise ValueError(x)"
+REPR_DEEP_LIST = "x = []\nfor i in range(10**6):\n    x = [x]\nreturn str(x) == ''"
 ESCAPES = "raise ValueError('\\x1b[2J\\x1b]0;owned\\x07\\r' + '\\x9b31m' + '\\n" + FORGED + "')"
 
 
@@ -283,9 +284,6 @@ def test_worker_rechecks_the_source_it_is_given():
 # object <- np.finfo(...).__reduce_ex__(1); object.__subclasses__() -> os._wrap_close.__init__.__globals__ = os,
 # and the worker module's globals (os, ctypes' libc, resource) from the worker's own `Loaded` class.
 ESCAPE_HELPERS = '''
-D = "_" + "_"
-
-
 def _object():
     match np.finfo(float):
         case np.finfo(__reduce_ex__=r):
@@ -575,7 +573,7 @@ def test_escaped_program_control_without_landlock_and_seccomp(tmp_path):
 # ==========================================================================================================
 ATTACKS = {"hang": HANG, "segfault": SEGFAULT, "np_memory": NP_MEMORY, "list_memory": LIST_MEMORY,
            "raise_big_int": RAISE_BIG_INT, "return_big_int": RETURN_BIG_INT, "return_deep_list": RETURN_DEEP_LIST,
-           "raise_deep_list": RAISE_DEEP_LIST}
+           "raise_deep_list": RAISE_DEEP_LIST, "repr_deep_list": REPR_DEEP_LIST}
 ATTACK_NAMES = list(ATTACKS)
 MULTI = "SUBTASKS = " + repr(ATTACK_NAMES) + "\n" + "".join(
     f"def subtask_{i}(obs, start):\n{textwrap.indent(body, '    ')}\n"
@@ -600,16 +598,20 @@ def test_worker_call_contains_hostile_checks(multi_worker, name, kind):
     try:
         value, error = multi_worker.call(kind, k, {"x": 1.0}, {"x": 0.0}, timeout_s=2.0)
     except WorkerError as e:
+        seconds = time.monotonic() - t0
         assert (name, e.kind) in {("hang", "timeout"), ("segfault", "crash")}, (name, e.kind, str(e))
         if name == "segfault":
             assert "SIGSEGV" in str(e)
         multi_worker.start()
     else:
+        seconds = time.monotonic() - t0
         assert name not in ("hang", "segfault")
         assert value is None and error and len(error) <= 2000, (value, error)
         if "memory" in name:
             assert "MemoryError" in error
-    assert time.monotonic() - t0 < 2.0 + 2.0
+        if name == "repr_deep_list":
+            assert "RecursionError" in error
+    assert seconds < 2.0 + 1.5
     # the worker answers normally afterwards
     assert multi_worker.call("subtask", ATTACK_NAMES.index("raise_big_int"), {}, {}, timeout_s=2.0)[0] is None
 
@@ -624,6 +626,8 @@ def test_verify_fails_hostile_programs_in_bounded_time(name):
         assert "timeout" in report.error
     elif name == "segfault":
         assert "crash" in report.error and "SIGSEGV" in report.error
+    elif name == "repr_deep_list" and report.error:  # ~0.3 s per call: the run may hit its deadline first
+        assert report.error.startswith("timeout")
     else:
         assert report.subtasks[0].exceptions > 0 and "raised" in " ".join(report.reasons), text
         assert report.subtasks[0].first_exception
@@ -634,8 +638,10 @@ def test_verify_fails_hostile_programs_in_bounded_time(name):
 def test_verify_bounds_a_hostile_top_level(top):
     """A top level that hangs, exhausts memory or raises fails verification as a load error, in bounded time."""
     report, seconds = verify(prog("return True", extra=top), timeout_s=1.0)
-    assert not report.passed and report.error.startswith(("load", "crash")), report.error
-    assert seconds < 1.0 + 2.0 + 3.0  # cpu rlimit (timeout + 2 s) plus start-up
+    assert not report.passed and report.error.startswith("load"), report.error
+    # the load phase is bounded by the worker's CPU rlimit (timeout_s + 2 s of CPU), not by timeout_s itself;
+    # the slack allows for a busy machine, where CPU seconds take longer than wall seconds
+    assert seconds < 10.0
 
 
 def make_envs(n: int = 2):

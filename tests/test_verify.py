@@ -128,11 +128,14 @@ def test_rejected_and_hanging_programs(cache_dir):
 
 
 def test_thresholds_are_flags(cache_dir):
-    # with 85% of random runs picking up the key, a key-only program fails at 10% but passes at 100%
+    # with 85% of random runs picking up the key, a key-only program fails at 10%; at 100% it still disagrees with
+    # the environment's success, and passes only when that rule is relaxed too
     key_only = "SUBTASKS = ['key']\ndef subtask_1(obs, start):\n    return obs['carrying'] is not None\n"
     assert not verify(key_only, cache_dir).passed
-    assert verify(key_only, cache_dir, random_threshold=1.0).passed
-    with pytest.raises(ValueError, match="thresholds"):
+    report = verify(key_only, cache_dir, random_threshold=1.0)
+    assert not report.passed and any("agrees too little" in r for r in report.reasons)
+    assert verify(key_only, cache_dir, random_threshold=1.0, min_agreement=0.0).passed
+    with pytest.raises(ValueError, match="fraction"):
         verify(key_only, cache_dir, random_threshold=1.5)
 
 
@@ -197,19 +200,28 @@ def test_expert_for_unsupported_env_is_clear():
 
 def test_demos_roundtrip_and_bad_files(tmp_path):
     env = make_env(KC)
-    trajs = [rollout(env, make_policy("expert", env), s, ["state"], True) for s in (0, 1)]
+    trajs = [rollout(env, make_policy("expert", env), s, ["state"], True) for s in (0, 1, 2, 3)]
     width = max(t.length for t in trajs)
-    actions = np.zeros((2, width), dtype=np.int64)
+    actions = np.zeros((4, width), dtype=np.int64)
     for i, t in enumerate(trajs):
         actions[i, : t.length] = t.actions
     path = tmp_path / "demos.npz"
-    np.savez(path, seeds=np.array([0, 1]), lengths=np.array([t.length for t in trajs]), actions=actions)
+    np.savez(path, seeds=np.array([0, 1, 2, 3]), lengths=np.array([t.length for t in trajs]), actions=actions)
     demos = load_demos(path, KC, "state")
-    assert [d.success for d in demos] == [True, True]
+    assert [d.success for d in demos] == [True] * 4
     assert (demos[1].views["state"][-1]["grid"] == trajs[1].views["state"][-1]["grid"]).all()
+    # the first n successful demos are the feedback set, the next n the held-out set
     report = verify_env(GOOD_KC, KC, "state", n=2, expert_source="demos", demos=str(path), cache_dir=tmp_path,
                         progress=False)
-    assert report.passed and report.expert_n == 2
+    assert report.passed and report.expert_n == 2 and report.holdout.expert_n == 2
+    assert report.settings["demos_sha256"] and report.settings["expert_source"] == "demos"
+    report = verify_env(GOOD_KC, KC, "state", n=3, expert_source="demos", demos=str(path), cache_dir=tmp_path,
+                        progress=False)  # 4 demos: 3 for feedback, 1 left for the held-out set of 3
+    assert not report.passed and any("only 1 successful expert trajectories for the held-out set (needs 3; with "
+                                     "demonstrations the file needs 6" in r for r in report.reasons)
+    with pytest.raises(ValueError, match="SHA-256 differs"):  # a recorded entry names its demos file by hash
+        verify_env(GOOD_KC, KC, "state", n=2, expert_source="demos", demos=str(path), cache_dir=tmp_path,
+                   progress=False, demos_sha256="0" * 64)
     np.savez(tmp_path / "bad.npz", seeds=np.array([0]))
     with pytest.raises(ValueError, match="lacks the array"):
         load_demos(tmp_path / "bad.npz", KC, "state")
@@ -273,3 +285,109 @@ def test_report_measures_check_cost(cache_dir):
     fast, slow_cost = report.subtasks[0].us_per_call, report.subtasks[1].us_per_call
     assert fast is not None and slow_cost is not None and slow_cost > 10 * fast
     assert "us per check" in report.to_text() and "us per check" not in report.to_text(costs=False)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# verification that generalises: held-out seeds, the env-relative random rule, evidence, cost, recorded settings
+# ----------------------------------------------------------------------------------------------------------
+def _layouts(cache_dir, seed, n=N):
+    """(agent position, direction, mission) at the start of each expert episode from `seed`."""
+    from cleanrl_vlmcar.trajectories import TrajectoryStore
+    store = TrajectoryStore(Path(cache_dir) / "trajectories")
+    expert, _ = collect(KC, "state", "expert", n, seed, store, successful_only=True, progress=False)
+    return sorted({(tuple(int(x) for x in t.views["state"][0]["agent_pos"]), int(t.views["state"][0]["agent_dir"]),
+                    t.views["state"][0]["mission"]) for t in expert})
+
+
+def test_program_overfit_to_the_feedback_seeds_fails_on_held_out_seeds(cache_dir):
+    """A program that only accepts the start layouts of the 20 episodes it was verified on passes those, and fails
+    the fresh seeds that no prompt shows."""
+    from cleanrl_vlmcar.verify import HOLDOUT_OFFSET
+    seen = _layouts(cache_dir, 0)
+    assert set(_layouts(cache_dir, HOLDOUT_OFFSET)) - set(seen), "the held-out seeds must hold unseen layouts"
+    overfit = GOOD_KC.replace("import numpy as np", f"import numpy as np\nSEEN = {tuple(seen)!r}")
+    overfit = overfit.replace("def subtask_1(obs, start):\n", "def subtask_1(obs, start):\n"
+                              "    p = start[\"agent_pos\"]\n"
+                              "    if ((int(p[0]), int(p[1])), int(start[\"agent_dir\"]), start[\"mission\"]) not in SEEN:\n"
+                              "        return False\n")
+    assert overfit != GOOD_KC
+    report = verify(overfit, cache_dir)
+    assert not report.passed
+    assert [s.expert_rate for s in report.subtasks] == [1.0, 1.0, 1.0]  # perfect on the feedback seeds
+    assert report.holdout is not None and not report.holdout.passed
+    assert report.holdout.subtasks[0].expert_rate < 1.0
+    assert any("held-out" in r for r in report.reasons)
+    # people see the held-out evidence; the VLM only hears that it overfit
+    assert "## Held-out validation" in report.to_text()
+    vlm_text = report.to_text(costs=False, holdout_details=False)
+    assert "held-out seeds" in vlm_text and "## Held-out validation" not in vlm_text
+    assert str(report.holdout.subtasks[0].expert_rate) not in vlm_text.split("held-out")[-1]
+    # and a correct program passes both
+    good = verify(GOOD_KC, cache_dir)
+    assert good.passed and good.holdout is not None and good.holdout.passed
+    assert good.settings["holdout"] is True and good.settings["n"] == N
+
+
+EMPTY_RANDOM = "MiniGrid-Empty-Random-5x5-v0"  # random play reaches the goal in about half of the episodes
+GOAL_PROGRAM = """\
+import numpy as np
+SUBTASKS = ["stand on the green goal square"]
+
+def subtask_1(obs, start):
+    goal = np.argwhere(start["grid"][:, :, 0] == OBJECT_TO_IDX["goal"])
+    return len(goal) > 0 and tuple(int(v) for v in goal[0]) == tuple(obs["agent_pos"])
+"""
+
+
+def test_correct_program_passes_where_random_play_often_succeeds(cache_dir):
+    report = verify_env(GOAL_PROGRAM, EMPTY_RANDOM, "state", cache_dir=cache_dir, progress=False)
+    assert report.passed, report.to_text()
+    assert report.env_random_rate > 0.3 and report.task_random_rate > 0.10  # the old 10% rule would have failed it
+    assert report.effective_random_threshold == pytest.approx(report.env_random_rate + 0.05)
+    assert report.precision == 1.0 and report.recall == 1.0
+    assert "Random play itself succeeds" in report.to_text()
+
+
+def test_too_easy_program_still_fails_where_random_play_often_succeeds(cache_dir):
+    """Raising the random limit is no free pass: a check that fires before the goal disagrees with the env."""
+    near = GOAL_PROGRAM.replace("== tuple(obs[\"agent_pos\"])",
+                                "!= tuple(obs[\"agent_pos\"]) and obs[\"agent_dir\"] in (0, 1)")
+    report = verify_env(near, EMPTY_RANDOM, "state", cache_dir=cache_dir, progress=False)
+    assert not report.passed
+    assert any("agrees too little" in r or "too easy" in r for r in report.reasons), report.reasons
+
+
+def test_false_positive_random_episode_is_shown(cache_dir):
+    report = verify(ALWAYS_TRUE, cache_dir, holdout=False)
+    fp = report.false_positive
+    assert fp is not None and fp.step == 1
+    assert "grid[:, :, 0]" in fp.view and f"seed {fp.seed}" in report.to_text()
+    assert "completed the task without the environment's success" in report.to_text()
+
+
+def test_check_cost_flagged_and_max_check_us_fails(cache_dir):
+    report = verify(GOOD_KC, cache_dir, max_check_us=1e-6, holdout=False)
+    assert not report.passed and any("--max-check-us" in r for r in report.reasons)
+    slow = "SUBTASKS = ['x']\ndef subtask_1(obs, start):\n    s = 0\n    for i in range(30000):\n        s += i\n" \
+           "    return obs['carrying'] is not None and s < 0\n"
+    report = verify(slow, cache_dir, holdout=False)
+    assert report.slow_checks and "budget" in report.slow_checks[0] and "Slow checks" in report.to_text()
+
+
+def test_verify_rechecks_an_entry_with_its_recorded_settings(tmp_path, cache_dir, capsys):
+    """An entry verified with other settings re-verifies as it passed with a plain `verify`; flags override, with a
+    note. (The always-true program passes only with a random threshold of 100% and no agreement rule.)"""
+    from cleanrl_vlmcar import cache
+    from cleanrl_vlmcar.verify import VerifySettings
+    settings = VerifySettings(n=5, random_threshold=1.0, min_agreement=0.0, holdout=False)
+    rc = tmp_path / "rc"
+    entry = {"env_id": KC, "view": "state", "backend": "manual", "model": "", "rounds": [], "program": ALWAYS_TRUE,
+             "passed": True, "report": {}, "created": cache.now(), "verification": settings.to_dict()}
+    cache.write_entry(entry, cache.entry_path(KC, "state", "abcd", rc))
+    base = ["verify", "--env-id", KC, "--reward-cache", str(rc), "--cache-dir", str(cache_dir)]
+    assert main(base) == 0
+    out = capsys.readouterr().out
+    assert "with the settings it was verified with" in out and "PASSED" in out
+    assert main(base + ["--random-threshold", "0.1"]) == 1
+    out = capsys.readouterr().out
+    assert "except random_threshold (from the command line)" in out and "FAILED" in out
