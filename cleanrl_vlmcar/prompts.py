@@ -42,16 +42,24 @@ RULES = """- Define `SUBTASKS` as a literal list of strings and exactly one `sub
   Optional `progress_k(obs, start)` returns a float in [0, 1]. Helper functions of your own are fine.
 - Each check returns a Python or numpy bool. It must not raise: guard against missing objects.
 - A sub-task counts once, the first time its check is True, and only after all earlier sub-tasks were counted;
-  a check only needs to hold at the step the sub-task is achieved.
+  a check only needs to hold at the step the sub-task is achieved. Episodes may start with a sub-task (or the
+  whole task) already achieved: the earlier sub-tasks must then hold too, so that the in-order count can go on.
 - Checks run on every environment step: keep them fast (microseconds) and test cheap conditions first.
+- Checks are pure functions of `obs` and `start`: the module level holds only `SUBTASKS`, constants (literals and
+  arithmetic on the view's constants, no function calls) and functions; no default arguments; views and
+  constants are read-only (copy an array before changing it); nothing is kept between calls.
 - Allowed: `np`, `math`, the constants listed with the view, and these builtins: abs, all, any, bool, dict,
   divmod, enumerate, filter, float, frozenset, int, isinstance, len, list, map, max, min, pow, range, reversed,
   round, set, slice, sorted, str, sum, tuple, zip. Not allowed: other imports, `while` loops, classes, global or
-  nonlocal, names or strings containing a double underscore, private attributes, eval/exec/open/getattr and
-  other introspection, file input/output (np.load, np.save, .tofile, ...), str.format (use f-strings).
+  nonlocal, generators, names or strings containing a double underscore, private attributes,
+  eval/exec/open/getattr and other introspection, file input/output (np.load, np.save, .tofile, ...), str.format
+  (use f-strings).
 - The program is verified: over {n} expert episodes every sub-task must be completed (in at least
   {expert:.0%} of them), and over {n} random-action episodes the whole task may be completed in at most
-  {random:.0%} of them. So the checks must be exact: neither too strict nor too easy."""
+  {random:.0%} of them (or, where random play itself often succeeds, at most that rate + 5%, and then the last
+  check must agree with the environment's own success). It is then verified again on fresh episodes you are not
+  shown. So the checks must be exact and general: neither too strict nor too easy, and about the task, not
+  about particular episodes."""
 
 FIRST = """# Task
 Write reward code for a reinforcement-learning agent in the environment `{env_id}`.

@@ -578,7 +578,8 @@ def test_demonstrations_as_expert_source(tmp_path, cfg):
 
     from cleanrl_vlmcar.trajectories import collect
 
-    expert, _ = collect(ENV, "state", "expert", 3, 0, None, successful_only=True, frames=True, progress=False)
+    # 10 demonstrations: the first 5 (n) are shown and judge the program, the next 5 are its held-out set
+    expert, _ = collect(ENV, "state", "expert", 10, 0, None, successful_only=True, frames=True, progress=False)
     length = max(len(t.actions) for t in expert)
     actions = np.zeros((len(expert), length), np.int64)
     for i, t in enumerate(expert):
@@ -588,7 +589,9 @@ def test_demonstrations_as_expert_source(tmp_path, cfg):
              actions=actions)
     backend = Scripted([GOOD_ANSWER])
     result = synthesize(ENV, "state", backend, cfg(expert_source="demos", demos=str(demos)))
-    assert result.passed and result.entry["expert"]["n"] == 3
+    assert result.passed and result.entry["expert"]["n"] == 5
+    assert result.report.holdout is not None and result.report.holdout.expert_n == 5
+    assert result.entry["verification"]["demos_sha256"] and result.entry["verification"]["holdout"] is True
     [prompt] = backend.prompts
     assert [caption for caption, _ in prompt.images] == ["initial frame", "goal frame (task completed)"]
     np.testing.assert_array_equal(prompt.images[0][1], expert[0].frames[0])
