@@ -650,15 +650,16 @@ def make_envs(n: int = 2):
     return envs, infos
 
 
-def run_hook(body: str, steps: int = 8, deadline_s: float = 0.5):
-    """Step a RewardHook with a hostile check for `steps` steps; returns (hook, shaped rewards, env rewards)."""
+def run_hook(body: str, actions: list[int], deadline_s: float = 0.5):
+    """Step a RewardHook whose subtask_1 runs `body` through `actions` (the same action in both envs); returns
+    (hook, shaped rewards, env rewards) per step."""
     envs, infos = make_envs()
     hook = RewardHook(load_program(prog(body)), envs, deadline_s=deadline_s)
     shaped, env = [], []
     try:
         hook.reset(infos)
-        for _ in range(steps):
-            _, reward, term, trunc, infos = envs.step(np.array([0, 1]))
+        for a in actions:
+            _, reward, term, trunc, infos = envs.step(np.array([a, a]))
             shaped.append(hook.step(reward, term, trunc, infos))
             env.append(np.asarray(reward, dtype=np.float32))
     finally:
@@ -667,23 +668,38 @@ def run_hook(body: str, steps: int = 8, deadline_s: float = 0.5):
     return hook, shaped, env
 
 
+# steps 1-3 keep the agent's direction (action 6, "done", changes nothing in KeyCorridor), step 4 turns left
+HOOK_ACTIONS = [6, 6, 6, 0, 0, 0]
+
+
+def bomb_until_turned(attack: str) -> str:
+    """A check that runs `attack` while the agent faces its start direction, and is True once it has turned."""
+    return "if obs['agent_dir'] == start['agent_dir']:\n" + textwrap.indent(attack, "    ") + "\nreturn True"
+
+
+def test_hook_control_pays_a_bonus_once_the_agent_turns():
+    """Control for the next test: with a harmless branch instead of the attack, step 4 pays a bonus of 1."""
+    hook, shaped, env = run_hook(bomb_until_turned("return False"), HOOK_ACTIONS)
+    assert hook.check_failures == 0 and hook.disabled is None
+    np.testing.assert_array_equal(shaped[3], env[3] + 1)
+
+
 @pytest.mark.parametrize("name", ["hang", "segfault"])
 def test_hook_survives_hanging_and_crashing_checks_and_switches_them_off(name):
     """Training neither hangs nor raises: failed replies restart the worker, the third in a row switches the
-    program off, and from then on the shaped reward is exactly the env reward."""
+    program off, and from then on the shaped reward is exactly the env reward (no bonus at step 4)."""
     t0 = time.monotonic()
-    hook, shaped, env = run_hook(ATTACKS[name])
+    hook, shaped, env = run_hook(bomb_until_turned(ATTACKS[name]), HOOK_ACTIONS)
     assert time.monotonic() - t0 < 20
-    assert hook.check_failures >= 6 and hook.worker_restarts >= 1
-    assert isinstance(hook.disabled, str) and hook.disabled and "3 times in a row" in hook.disabled
+    assert hook.check_failures == 6 and hook.worker_restarts == 2
+    assert isinstance(hook.disabled, str) and "3 times in a row" in hook.disabled
     for s, e in zip(shaped, env):
         np.testing.assert_array_equal(s, e)
-    assert not hook.runner.worker.alive
 
 
 def test_hook_counts_memory_bombs_as_failed_checks():
-    """A check that allocates 80 GB fails (counted), the worker survives, and no bonus is paid."""
-    hook, shaped, env = run_hook(NP_MEMORY, steps=4)
+    """A check that allocates 80 GB fails (counted, False), the worker survives and stays on."""
+    hook, shaped, env = run_hook(NP_MEMORY, [6, 6, 6, 6])
     assert hook.check_failures == 8 and hook.worker_restarts == 0 and hook.disabled is None
     for s, e in zip(shaped, env):
         np.testing.assert_array_equal(s, e)
@@ -710,7 +726,7 @@ def test_hostile_programs_leave_the_learner_untouched():
     geterr = np.geterr()
     for body in (MONKEYPATCH, SEGFAULT, NP_MEMORY):
         verify(prog(body), timeout_s=2.0)
-    run_hook(MONKEYPATCH, steps=2)
+    run_hook(MONKEYPATCH, [0, 0])
     for name, fn in LEARNER.items():
         mod, attr = name.split(".")
         assert getattr({"np": np, "math": math}[mod], attr) is fn, name
