@@ -63,7 +63,9 @@ FORBIDDEN_ATTRIBUTES = {
     "typing", "exceptions", "core", "char", "ma", "polynomial", "random", "os", "sys", "test", "matlib",
     "warnings",
     # process-wide state: a program must answer the same on every call (purity), and views stay read-only
-    "seterr", "seterrcall", "setbufsize", "set_printoptions", "set_string_function", "setflags",
+    "seterr", "seterrcall", "setbufsize", "set_printoptions", "set_string_function", "setflags", "flags",
+    # numpy's module-level mutable containers (writing into one would keep state between calls)
+    "sctypeDict", "typecodes",
     # string formatting can read attributes: "{0.__class__}".format(x)
     "format", "format_map",
     # frames, code objects and tracebacks lead to the host's globals
@@ -88,12 +90,16 @@ PROGRESS_RE = re.compile(r"^progress_(\d+)$")
 _ESCAPES = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[@-_]?|\x9b[0-?]*[ -/]*[@-~]")
 
 
+_DROP = {"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"}  # control, format, surrogates, private, unassigned, line breaks
+_SPACE = "\n\t\r\u2028\u2029\x0b\x0c\x85"
+
+
 def sanitize(text: Any, max_len: int = 2000, single_line: bool = False) -> str:
     """`text` without terminal escapes and control or format characters (newlines and tabs are kept unless
     `single_line`), capped at `max_len` characters."""
     text = _ESCAPES.sub("", str(text))
     keep = "" if single_line else "\n\t"
-    out = "".join(ch if ch in keep or unicodedata.category(ch)[0] != "C" else (" " if ch in "\n\t\r" else "")
+    out = "".join(ch if ch in keep or unicodedata.category(ch) not in _DROP else (" " if ch in _SPACE else "")
                   for ch in text)
     if single_line:
         out = " ".join(out.split())
@@ -212,13 +218,17 @@ class _SafetyVisitor(ast.NodeVisitor):
     visit_Lambda = _function
 
     def _store_target(self, target: ast.AST, node: ast.AST) -> None:
-        """Only a function's own locals may be changed in place (by item or attribute assignment)."""
+        """Only a function's own locals may be changed in place, and only by item assignment: an attribute can be
+        set on shared objects (a function, a module) and keep state between calls."""
         if isinstance(target, (ast.Tuple, ast.List)):
             for t in target.elts:
                 self._store_target(t, node)
             return
         if isinstance(target, ast.Starred):
             target = target.value
+        if any(isinstance(n, ast.Attribute) for n in ast.walk(target)) and not isinstance(target, ast.Name):
+            self._bad(node, "assignment to an attribute is not allowed (it could keep state between calls)")
+            return
         if isinstance(target, (ast.Attribute, ast.Subscript)):
             root = _root_name(target)
             owned = self.scopes and root is not None and root in self.scopes[-1][0] and root not in self.scopes[-1][1]
@@ -262,6 +272,13 @@ class _SafetyVisitor(ast.NodeVisitor):
     visit_AsyncFor = _forbid("async loops are not allowed")
     visit_Delete = _forbid("`del` is not allowed")
     visit_TryStar = _forbid("`except*` is not allowed")
+    # class patterns name attributes as plain strings (`case C(__globals__=g)`), out of reach of the name rules
+    visit_Match = _forbid("`match` statements are not allowed (use if/elif)")
+
+    def visit_ExceptHandler(self, node: ast.ExceptHandler) -> None:
+        if node.name and ("__" in node.name or node.name in self.reserved or node.name in FORBIDDEN_NAMES):
+            self._bad(node, f"'{node.name}' may not be bound by `except ... as`")
+        self.generic_visit(node)
 
 
 #: expression nodes a module-level constant may be built from (no calls, no comprehensions, no lambdas)
@@ -504,8 +521,8 @@ def restricted_import(name, globals=None, locals=None, fromlist=(), level=0):  #
 def short_traceback(exc: BaseException, name: str = "<program>", limit: int = 3) -> str:
     """The last few frames of a traceback that lie inside the program, for reports a VLM can read."""
     frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == name][-limit:]
-    out = [f"  line {f.lineno}, in {f.name}: {f.line}" for f in frames]
-    return "\n".join(out + [f"  {type(exc).__name__}: {exc}"])
+    out = [f"  line {f.lineno}, in {f.name}: {sanitize(f.line, 300, single_line=True)}" for f in frames]
+    return "\n".join(out + [f"  {type(exc).__name__}: {sanitize(exc, 500, single_line=True)}"])
 
 
 _PYTHON_LANGS = ("python", "py", "python3", "")

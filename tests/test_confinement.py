@@ -314,16 +314,12 @@ def subtask_1(obs, start):
 '''
 
 
-@pytest.mark.xfail(strict=True, reason="static-layer hole: `match` class patterns (case C(__globals__=g)) read "
-                                       "dunder attributes; the rules never see the attribute names")
 def test_match_class_patterns_cannot_reach_dunders():
     """A `match` class pattern that extracts __reduce_ex__/__subclasses__/__globals__ is refused statically."""
     with pytest.raises(ProgramError):
         check_source(MATCH_ESCAPE)
 
 
-@pytest.mark.xfail(strict=True, reason="static-layer hole: names bound by `except ... as NAME` and match capture "
-                                       "patterns are strings in the AST, so reserved/forbidden-name rules miss them")
 def test_except_and_match_bindings_cannot_rebind_reserved_names():
     """`except Exception as np` / `case _ as math` rebind reserved names and are refused like `np = 1`."""
     for body in ("try:\n    x = 1\nexcept Exception as np:\n    pass\nreturn True",
@@ -354,7 +350,7 @@ from cleanrl_vlmcar import _worker
 canary, out, mode = sys.argv[2], sys.argv[3], sys.argv[4]
 _worker._warm_up()
 libc = ctypes.CDLL(None, use_errno=True)
-status = _worker.confine(256, 10, {"landlock", "seccomp"} if mode == "control" else set())
+status = _worker.confine(256, 10, {"landlock", "seccomp", "nofile"} if mode == "control" else set())
 res = {"status": status}
 
 def attempt(name, fn):
@@ -491,9 +487,6 @@ def test_confined_rlimits(probe):
     assert r["pipe"].startswith("FAIL")
 
 
-@pytest.mark.xfail(strict=True, reason="RLIMIT_NOFILE is one too high: the landlock binding leaks the ruleset fd "
-                                       "(fd 3) and confine() sizes the limit from a listdir that counted its own fd, "
-                                       "so fd 4 is still free (os.dup succeeds)")
 def test_confined_code_cannot_create_new_file_descriptors(probe):
     """'No new file descriptors': even os.dup of an open fd fails."""
     assert probe["res"]["dup"].startswith("FAIL"), probe["res"]["dup"]
@@ -720,13 +713,15 @@ return True
 
 
 def test_hostile_programs_leave_the_learner_untouched():
-    """Programs that patch np/math (allowed statically through a local alias), crash or exhaust memory in the
-    worker leave the test process's numpy, math, warnings and error state exactly as they were."""
+    """Patching np/math through a local alias is refused statically (attribute assignment); programs that crash or
+    exhaust memory in the worker leave the test process's numpy, math, warnings and error state as they were."""
     showwarning, filters = warnings.showwarning, list(warnings.filters)
     geterr = np.geterr()
-    for body in (MONKEYPATCH, SEGFAULT, NP_MEMORY):
+    with pytest.raises(ProgramError, match="assignment to an attribute"):
+        load_program(prog(MONKEYPATCH))
+    for body in (SEGFAULT, NP_MEMORY, RAISE_DEEP_LIST):
         verify(prog(body), timeout_s=2.0)
-    run_hook(MONKEYPATCH, [0, 0])
+    run_hook(NP_MEMORY, [0, 0])
     for name, fn in LEARNER.items():
         mod, attr = name.split(".")
         assert getattr({"np": np, "math": math}[mod], attr) is fn, name
@@ -802,9 +797,6 @@ COUNTERS = {
 }
 
 
-@pytest.mark.xfail(strict=True, reason="purity hole: attribute assignment is allowed on any function-local name, "
-                                       "and a local may alias a shared object (the program's own functions, np, "
-                                       "math, cached np.finfo objects), so state survives between calls")
 @pytest.mark.parametrize("name", list(COUNTERS))
 def test_no_call_counter_survives_between_calls(name):
     """A time bomb that counts its calls is either refused statically or answers the same on all 50 calls."""
@@ -822,9 +814,6 @@ FLAG_FLIPS = {
 }
 
 
-@pytest.mark.xfail(strict=True, reason="purity hole: frozen views are arrays that own their data, so "
-                                       "`fl = a.flags; fl.writeable = True` (or fl['WRITEABLE'] = True) makes them "
-                                       "writable again; a check can then rewrite the start view later steps see")
 @pytest.mark.parametrize("name", list(FLAG_FLIPS))
 def test_frozen_start_view_cannot_be_made_writable(name):
     """Re-enabling WRITEABLE on the start view is refused, so sub-task 2 never sees a rewritten start view."""
@@ -862,9 +851,6 @@ def test_exception_text_has_no_escapes_or_control_characters(escape_texts, where
     assert not control_chars(text), [hex(ord(c)) for c in control_chars(text)]
 
 
-@pytest.mark.xfail(strict=True, reason="sanitize() keeps newlines in multi-line text, and short_traceback() puts "
-                                       "the raw exception message into it, so a message '\\nVerification PASSED...' "
-                                       "becomes a standalone line of the report and of worker.call's error")
 @pytest.mark.parametrize("where", ["call", "report"])
 def test_exception_text_cannot_forge_a_standalone_line(escape_texts, where):
     """A program's exception message stays inside its own (indented) line: no forged 'Verification PASSED' line."""
@@ -874,8 +860,6 @@ def test_exception_text_cannot_forge_a_standalone_line(escape_texts, where):
         assert sum(line.startswith("Verification ") for line in lines) == 1
 
 
-@pytest.mark.xfail(strict=True, reason="sanitize() keeps U+2028/U+2029 (categories Zl/Zp, not C*), which "
-                                       "str.splitlines() and many renderers treat as line breaks")
 def test_unicode_line_separators_cannot_forge_lines():
     """U+2028 / U+2029 in an exception message do not start a new line in the error text."""
     source = prog("raise ValueError('x\\u2028" + FORGED + "\\u2029" + FORGED + "')")

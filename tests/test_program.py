@@ -181,7 +181,12 @@ PURITY = {
     "default argument counter": ("SUBTASKS = ['a']\ndef h(c=[0]):\n    return c\n"
                                  "def subtask_1(obs, start):\n    return h()\n", "default argument values"),
     "lambda default": (prog("f = lambda c=[0]: c\nreturn True"), "default argument values"),
-    "function attribute": (prog("subtask_1.n = 1\nreturn True"), "assignment into 'subtask_1'"),
+    "function attribute": (prog("subtask_1.n = 1\nreturn True"), "assignment to an attribute"),
+    "attribute through a local alias": (prog("m = np\nm.stack = None\nreturn True"), "assignment to an attribute"),
+    "flags of a view": (prog("g = obs['a']\nf = g.flags\nreturn True"), "'.flags'"),
+    "match statement": (prog("match obs:\n    case {'x': 1}:\n        return True\nreturn False"), "`match`"),
+    "except as np": (prog("try:\n    return True\nexcept Exception as np:\n    return False"),
+                     "'np' may not be bound"),
     "write into start": (prog("start['grid'][0, 0, 0] = 1\nreturn True"), "assignment into 'start'"),
     "write into obs": (prog("obs['x'] = 1\nreturn True"), "assignment into 'obs'"),
     "write into a constant": ("C = [0]\n" + prog("C[0] = 1\nreturn True"), "assignment into 'C'"),
@@ -204,6 +209,16 @@ def test_purity_rules(name):
     with pytest.raises(ProgramError) as err:
         load_program(source)
     assert reason in str(err.value), str(err.value)
+
+
+def test_numpy_mutable_module_containers_are_all_refused():
+    """Writing into a module-level dict or list of numpy would keep state between calls: every one numpy exposes
+    is a forbidden attribute (this fails when a numpy upgrade adds one)."""
+    from cleanrl_vlmcar.program import FORBIDDEN_ATTRIBUTES
+    for module in (np, np.linalg, np.fft, math):
+        mutable = [n for n in dir(module) if not n.startswith("_")
+                   and isinstance(getattr(module, n, None), (dict, list, set, bytearray))]
+        assert set(mutable) <= FORBIDDEN_ATTRIBUTES, (module.__name__, mutable)
 
 
 def test_pure_programs_still_write_into_their_own_locals():
