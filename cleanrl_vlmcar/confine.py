@@ -148,12 +148,13 @@ class ProgramWorker:
     """
 
     def __init__(self, program: RewardProgram, *, memory_mb: int = DEFAULT_MEMORY_MB, cpu_s: int = DEFAULT_CPU_S,
-                 require_confinement: bool = False, skip: tuple[str, ...] = ()):
+                 require_confinement: bool = False, skip: tuple[str, ...] = (), load_timeout_s: float = LOAD_TIMEOUT_S):
         if not isinstance(program, RewardProgram):
             raise TypeError("ProgramWorker needs a checked RewardProgram (cleanrl_vlmcar.program.load_program)")
         self.program = program
         self.memory_mb, self.cpu_s = int(memory_mb), int(cpu_s)
         self.require_confinement, self.skip = require_confinement, tuple(skip)
+        self.load_timeout_s = float(load_timeout_s)
         self.proc: subprocess.Popen | None = None
         self.confinement = Confinement()
         self.starts = 0
@@ -214,9 +215,9 @@ class ProgramWorker:
                             "in a separate process with rlimits. Pass --require-confinement to make this an error.",
                             "; ".join(missing))
         self._send({"op": "load", "source": self.program.source, "constants": self.program.constants,
-                    "name": "<program>"}, time.monotonic() + LOAD_TIMEOUT_S)
+                    "name": "<program>"}, time.monotonic() + self.load_timeout_s)
         try:
-            reply = self._recv_json(time.monotonic() + LOAD_TIMEOUT_S)
+            reply = self._recv_json(time.monotonic() + self.load_timeout_s)
         except WorkerError as e:
             raise WorkerError("load", f"running the program's top level failed: {e}") from None
         if not isinstance(reply, dict) or reply.get("ok") is not True:

@@ -187,7 +187,7 @@ def walk_all(program: RewardProgram, trajectories: list[list[dict]], with_progre
     """Each recorded episode through the program's checks with the hook's in-order rule, one episode per message
     to one confined worker; `timeout_s` bounds the whole run (WorkerError when it is exceeded or the worker dies)."""
     deadline = time.monotonic() + timeout_s
-    with program.worker(memory_mb=memory_mb, cpu_s=max(1, int(timeout_s) + 2),
+    with program.worker(memory_mb=memory_mb, cpu_s=max(1, int(timeout_s) + 2), load_timeout_s=timeout_s,
                         require_confinement=require_confinement) as worker:
         return [worker.walk(views, with_progress, max(0.0, deadline - time.monotonic())) for views in trajectories]
 
