@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from .program import RewardProgram, sanitize
+from .program import RewardProgram, pack, sanitize
 
 log = logging.getLogger(__name__)
 
@@ -142,19 +142,23 @@ class WalkResult:
 class ProgramWorker:
     """A confined process running one reward program. Use as a context manager, or call `close()`.
 
-    `memory_mb` and `cpu_s` are the worker's rlimits; `require_confinement=True` raises ConfinementError where
+    `memory_mb` and `cpu_s` are the worker's rlimits; `wake_early_s` > 0 makes the worker anticipate regular
+    `step` requests (it wakes that long before the next one is due and polls; see `_worker._Pacer`);
+    `require_confinement=True` raises ConfinementError where
     the kernel lacks Landlock or seccomp (else a warning is logged once and the worker runs with process
     isolation and rlimits only). `skip` is for tests: confinement steps to leave out ("landlock", "seccomp").
     """
 
     def __init__(self, program: RewardProgram, *, memory_mb: int = DEFAULT_MEMORY_MB, cpu_s: int = DEFAULT_CPU_S,
-                 require_confinement: bool = False, skip: tuple[str, ...] = (), load_timeout_s: float = LOAD_TIMEOUT_S):
+                 require_confinement: bool = False, skip: tuple[str, ...] = (), load_timeout_s: float = LOAD_TIMEOUT_S,
+                 wake_early_s: float = 0.0):
         if not isinstance(program, RewardProgram):
             raise TypeError("ProgramWorker needs a checked RewardProgram (cleanrl_vlmcar.program.load_program)")
         self.program = program
         self.memory_mb, self.cpu_s = int(memory_mb), int(cpu_s)
         self.require_confinement, self.skip = require_confinement, tuple(skip)
         self.load_timeout_s = float(load_timeout_s)
+        self.wake_early_s = float(wake_early_s)
         self.proc: subprocess.Popen | None = None
         self.confinement = Confinement()
         self.starts = 0
@@ -168,7 +172,8 @@ class ProgramWorker:
         """Start (or restart) the worker and load the program into it."""
         self.kill()
         paths = chr(31).join([_PKG_PARENT] + [p for p in sys.path if p and os.path.isdir(p)])
-        opts = json.dumps({"memory_mb": self.memory_mb, "cpu_s": self.cpu_s, "skip": list(self.skip)})
+        opts = json.dumps({"memory_mb": self.memory_mb, "cpu_s": self.cpu_s, "skip": list(self.skip),
+                           "wake_early_s": self.wake_early_s})
         env = {k: os.environ[k] for k in _ENV_KEEP if k in os.environ}
         env.update(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
         self.proc = subprocess.Popen([sys.executable, "-I", "-c", _BOOT, paths, opts], stdin=subprocess.PIPE,
@@ -214,7 +219,7 @@ class ProgramWorker:
                 log.warning("reward programs run with reduced confinement on this machine: missing %s. They still run "
                             "in a separate process with rlimits. Pass --require-confinement to make this an error.",
                             "; ".join(missing))
-        self._send({"op": "load", "source": self.program.source, "constants": self.program.constants,
+        self._send({"op": "load", "source": self.program.source, "constants": pack(self.program.constants),
                     "name": "<program>"}, time.monotonic() + self.load_timeout_s)
         try:
             reply = self._recv_json(time.monotonic() + self.load_timeout_s)
@@ -332,7 +337,7 @@ class ProgramWorker:
         """Walk one recorded episode (`views[0]` the reset view) with the hook's in-order rule, verification's
         accounting: exceptions surface (counted, first tracebacks kept) instead of being silently False."""
         deadline = time.monotonic() + timeout_s
-        self._send({"op": "walk", "views": views, "progress": bool(progress)}, deadline)
+        self._send({"op": "walk", "views": [pack(v) for v in views], "progress": bool(progress)}, deadline)
         reply = self._recv_json(deadline)
         try:
             return _walk_result(reply, self.program.num_subtasks, len(views))
@@ -345,7 +350,8 @@ class ProgramWorker:
         view, start view to (re)register or None). Returns (check failures, new next sub-task per env, progress
         of the new next sub-task per env), read from a fixed-size record and range-checked."""
         deadline = time.monotonic() + timeout_s
-        self._send({"op": "step", "items": items, "n": n, "progress": bool(progress)}, deadline)
+        packed = [(i, k, pack(view), None if start is None else pack(start)) for i, k, view, start in items]
+        self._send({"op": "step", "items": packed, "n": n, "progress": bool(progress)}, deadline)
         size = 4 + 12 * n
         raw = self._recv(deadline, size)
         if len(raw) != size:
@@ -371,7 +377,7 @@ class ProgramWorker:
         if kind not in ("subtask", "progress") or not 0 <= k < self.program.num_subtasks:
             raise ValueError(f"no {kind}_{k + 1} in this program")
         deadline = time.monotonic() + timeout_s
-        self._send({"op": "call", "kind": kind, "k": int(k), "obs": obs, "start": start}, deadline)
+        self._send({"op": "call", "kind": kind, "k": int(k), "obs": pack(obs), "start": pack(start)}, deadline)
         reply = self._recv_json(deadline)
         if isinstance(reply, dict) and isinstance(reply.get("error"), str):
             return None, sanitize(reply["error"], MAX_TEXT)

@@ -127,6 +127,8 @@ class EpisodeProgress:
 
 MIN_DEADLINE_S = 2.0
 DEADLINE_FACTOR = 100.0
+#: the hook's worker wakes this long before the next vector step's request is due (0: it sleeps until it comes)
+WAKE_EARLY_S = 0.0007
 
 
 class ProgramRunner:
@@ -140,13 +142,14 @@ class ProgramRunner:
 
     def __init__(self, program: RewardProgram, num_envs: int, use_progress: bool = False,
                  deadline_s: float | None = None, require_confinement: bool = False, max_failed_replies: int = 3,
-                 memory_mb: int = DEFAULT_MEMORY_MB):
+                 memory_mb: int = DEFAULT_MEMORY_MB, wake_early_s: float = WAKE_EARLY_S):
         self.program, self.num_envs, self.use_progress = program, num_envs, use_progress
         if deadline_s is None:  # from the verified check cost when the cache entry recorded it
             per_step = num_envs * program.num_subtasks * (program.us_per_check or 0.0) * 1e-6
             deadline_s = max(MIN_DEADLINE_S, DEADLINE_FACTOR * per_step)
         self.deadline_s, self.max_failed_replies = float(deadline_s), max_failed_replies
-        self.worker = program.worker(require_confinement=require_confinement, memory_mb=memory_mb)
+        self.worker = program.worker(require_confinement=require_confinement, memory_mb=memory_mb,
+                                     wake_early_s=wake_early_s)
         self.starts: list[Any] = [None] * num_envs
         self._resend: set[int] = set()
         self.check_failures = self.worker_restarts = self.checked = 0

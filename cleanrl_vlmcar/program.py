@@ -25,7 +25,7 @@ import re
 import traceback
 import unicodedata
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, NamedTuple
 
 import numpy as np
 
@@ -491,6 +491,29 @@ def completion_steps(check: Callable[[int, Any, Any], bool], num_subtasks: int, 
         steps[k:new_k] = [t] * (new_k - k)
         k = new_k
     return steps
+
+
+class PackedArray(NamedTuple):
+    """A numpy array on its way to the worker: its raw bytes (cheaper to pickle than the array, and unpacked there as
+    a read-only array over immutable bytes)."""
+
+    dtype: str
+    shape: tuple
+    data: bytes
+
+
+def pack(value: Any) -> Any:
+    """A view (or constants) with every numpy array replaced by a PackedArray."""
+    t = type(value)
+    if t is dict:
+        return {k: pack(v) for k, v in value.items()}
+    if t is np.ndarray:
+        if value.dtype.hasobject:
+            raise TypeError("views may not hold object arrays")
+        return PackedArray(value.dtype.str, value.shape, value.tobytes())
+    if t is list or t is tuple:
+        return t(pack(v) for v in value)
+    return value
 
 
 def progress_value(k: int, result: Any) -> float:
