@@ -168,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_evaluate_parser(sub)
     from .compare import add_compare_parser; add_compare_parser(sub)  # noqa: E702
     from .sweep import add_sweep_parser; add_sweep_parser(sub)  # noqa: E702
+    from .demos import add_record_demos_parser; add_record_demos_parser(sub)  # noqa: E702
     return parser
 
 

@@ -71,10 +71,12 @@ def make_expert(env: gym.Env):
         return mg_expert.MiniGridExpert(env)
     if panda_expert.supports(env):
         return panda_expert.PandaExpert(env)
-    raise ValueError(f"no scripted expert for {env.spec.id if env.spec else env}: scripted experts cover MiniGrid "
-                     "(DoorKey, Unlock, UnlockPickup, BlockedUnlockPickup, KeyCorridor, ...) and panda-gym (Reach, "
-                     "Push, Slide, PickAndPlace). Use --expert-source demos --demos FILE.npz with your own "
-                     "demonstrations instead.")
+    from .demos import scripted_expert_env_ids
+
+    raise ValueError(f"no scripted expert for {env.spec.id if env.spec else env}. Scripted experts exist for: "
+                     + ", ".join(scripted_expert_env_ids()) + ". Record demonstrations instead (python -m "
+                     "cleanrl_vlmcar record-demos --env-id ENV --keyboard|--policy PATH|--actions FILE.json --out "
+                     "demos.npz) and pass --expert-source demos --demos demos.npz.")
 
 
 class ExpertPolicy:

@@ -292,3 +292,22 @@ def test_sparse_hook_matches_record_episode_statistics():
             theirs += [(int(i), float(infos["episode"]["r"][i]), int(infos["episode"]["l"][i]))
                        for i in np.nonzero(infos["_episode"])[0]]
     assert len(ours) > 20 and ours == theirs
+
+
+def test_panda_pixels_doc_is_measured_and_still_true():
+    """The panda pixels view's documentation comes from measurements (colours, camera, pixels per metre); measuring
+    again gives the committed numbers, and the doc the VLM reads carries them."""
+    import json
+
+    from cleanrl_vlmcar.views import panda_camera
+
+    committed = json.loads(panda_camera.MEASURED.read_text())
+    fresh = panda_camera.measure(seeds=2)
+    assert fresh["camera"] == committed["camera"] and fresh["table_centre_px"] == committed["table_centre_px"]
+    for axis in ("x", "y"):
+        assert fresh["pixels_per_metre_at_table"][axis] == pytest.approx(committed["pixels_per_metre_at_table"][axis])
+    for name in ("cube", "target", "table", "gripper"):
+        assert np.abs(np.subtract(fresh["colours"][name], committed["colours"][name])).max() <= 30, name
+    from cleanrl_vlmcar.trajectories import make_env as make
+    doc = get_spec(make("PandaPush-v3"), "pixels").doc()
+    assert "5 cm success radius is about" in doc and str(committed["colours"]["table"][0]) in doc

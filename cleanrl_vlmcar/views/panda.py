@@ -12,6 +12,12 @@ SUPPORTED_TASKS = ("Reach", "Push", "Slide", "PickAndPlace")
 PIXELS_WIDTH, PIXELS_HEIGHT = 128, 128
 
 
+def _camera_doc() -> str:
+    from .panda_camera import doc_text
+
+    return doc_text()
+
+
 def _is_panda(unwrapped) -> bool:
     return hasattr(unwrapped, "robot") and hasattr(unwrapped, "task") and hasattr(unwrapped, "sim") \
         and type(unwrapped).__module__.startswith("panda_gym")
@@ -97,11 +103,15 @@ _STATE = ViewSpec(
 _PIXELS = ViewSpec(
     family="panda",
     view="pixels",
-    summary=f"A {PIXELS_WIDTH}x{PIXELS_HEIGHT} RGB frame from the environment's default camera.",
-    fields=(Field("rgb", f"np.ndarray ({PIXELS_HEIGHT}, {PIXELS_WIDTH}, 3) uint8", "the frame"),),
-    constants_doc="Constants in the program's namespace: `PIXELS_WIDTH`, `PIXELS_HEIGHT`.",
+    summary=f"A {PIXELS_WIDTH}x{PIXELS_HEIGHT} RGB frame from the environment's default camera (the one panda-gym's "
+            "`render()` uses), looking down at the table from the front right.",
+    fields=(Field("rgb", f"np.ndarray ({PIXELS_HEIGHT}, {PIXELS_WIDTH}, 3) uint8", "the frame, indexed "
+                  "`rgb[row, column]`; row 0 is the top"),),
+    constants_doc="Constants in the program's namespace: `PIXELS_WIDTH`, `PIXELS_HEIGHT`, `DISTANCE_THRESHOLD` "
+                  "(0.05 m), `OBJECT_SIZE` (0.04 m).",
     make=PandaPixelsView,
     constants=_constants,
+    notes=_camera_doc(),
 )
 
 register("panda", _is_panda, {"state": _STATE, "pixels": _PIXELS})
