@@ -141,7 +141,9 @@ def test_clip_reward_variant_on_panda(tmp_path, tiny_clip):
     assert "__sac_vlmcar-clip__1__" in run_dir.name
     tags = scalars(run_dir)
     assert_every_frame_rewarded(tags)
-    assert len(tags["charts/shaped_return"]) == 2  # 50 + reset step + 50 <= 110 steps
+    # two 50-step episodes (+ reset steps) fit in 110 steps; a third may end early when the policy reaches the
+    # target (SAC's runs here are not bit-for-bit repeatable, so the count is not pinned)
+    assert len(tags["charts/shaped_return"]) >= 2
     assert all(ret <= 0.0 for ret in tags["charts/episodic_return"])  # panda-gym's own sparse reward
 
 
