@@ -933,3 +933,39 @@ def test_ctrl_c_stops_training_and_its_worker(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+# ==========================================================================================================
+# 9. Kernels without Landlock or seccomp: one clear warning, or an error with --require-confinement
+# ==========================================================================================================
+TRIVIAL = "SUBTASKS = ['x']\ndef subtask_1(obs, start):\n    return obs['x'] > 0\n"
+
+
+def test_missing_confinement_warns_once_and_still_runs(monkeypatch, caplog):
+    from cleanrl_vlmcar import confine
+    monkeypatch.setattr(confine, "_warned_missing", set())
+    program = load_program(TRIVIAL)
+    with caplog.at_level("WARNING"):
+        for _ in range(2):
+            with ProgramWorker(program, skip=("landlock", "seccomp")) as w:
+                assert w.confinement.landlock_abi == 0 and not w.confinement.seccomp
+                assert w.call("subtask", 0, {"x": 1}, {}) == (True, None)  # process isolation and rlimits remain
+    warnings_ = [r.getMessage() for r in caplog.records if "reduced confinement" in r.getMessage()]
+    assert len(warnings_) == 1 and "Landlock" in warnings_[0] and "seccomp" in warnings_[0]
+    assert "--require-confinement" in warnings_[0]
+
+
+@pytest.mark.parametrize("skip,missing", [(("landlock",), "Landlock"), (("seccomp",), "seccomp")])
+def test_require_confinement_is_an_error_where_a_layer_is_missing(skip, missing):
+    from cleanrl_vlmcar.confine import ConfinementError
+    with pytest.raises(ConfinementError, match=missing) as err:
+        ProgramWorker(load_program(TRIVIAL), skip=skip, require_confinement=True)
+    assert "--require-confinement" in str(err.value)
+
+
+def test_require_confinement_passes_on_this_kernel():
+    with ProgramWorker(load_program(TRIVIAL), require_confinement=True) as w:
+        if not (w.confinement.landlock_abi and w.confinement.seccomp):  # pragma: no cover - other kernels
+            pytest.skip("this kernel lacks Landlock or seccomp")
+        assert w.confinement.capabilities_dropped and w.confinement.no_new_privs
+        assert w.confinement.rlimits["fsize"] == 0 and w.confinement.rlimits["nofile"] > 0
