@@ -87,6 +87,8 @@ class Args:
     """a reward program file to verify at startup and train on (default: the verified program in reward_cache/)"""
     require_confinement: bool = False
     """fail when the kernel lacks Landlock or seccomp for the program worker (default: warn, rlimits only)"""
+    torch_threads: int = 0
+    """torch threads on CPU (0: one, the fastest for these small networks, above all on a busy machine)"""
     vlm: Optional[Literal["openai", "hf", "manual", "cache"]] = None
     """VLM backend to synthesize a program when reward_cache/ has none (default: cached programs only)"""
     vlm_model: str = ""
@@ -232,6 +234,8 @@ if __name__ == "__main__":
     torch.backends.cudnn.deterministic = args.torch_deterministic
 
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    if device.type == "cpu":  # 64-unit MLPs: one thread beats several (measured: 74 vs 1,300 SPS on a busy machine)
+        torch.set_num_threads(args.torch_threads or 1)
 
     # env setup
     envs = gym.vector.SyncVectorEnv(
@@ -391,6 +395,8 @@ if __name__ == "__main__":
         writer.add_scalar("losses/clipfrac", np.mean(clipfracs), global_step)
         writer.add_scalar("losses/explained_variance", explained_var, global_step)
         print("SPS:", int(global_step / (time.time() - start_time)))
+        if iteration % 10 == 0:
+            print(reward_hook.status())  # VLM-CaR: success rate, episodic return, sub-task rates
         writer.add_scalar("charts/SPS", int(global_step / (time.time() - start_time)), global_step)
 
     if args.save_model:

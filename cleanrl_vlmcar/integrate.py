@@ -450,6 +450,21 @@ class RewardHook:
             self.writer.add_scalar("vlmcar/check_failures", self.check_failures, step)
             self.writer.add_scalar("vlmcar/worker_restarts", self.worker_restarts, step)
 
+    def status(self) -> str:
+        """One console line: success rate, mean episodic (environment) return and sub-task rates over the last
+        `window` episodes."""
+        if not self.recent:
+            return f"global_step={self.global_step} (no finished episode yet)"
+        ret = sum(e.env_return for e in self.recent) / len(self.recent)
+        line = f"global_step={self.global_step} success_rate={self.success_rate:.2f} episodic_return={ret:.3f}"
+        if self.num_subtasks:
+            rates = "/".join(f"{sum(e.subtasks_completed > k for e in self.recent) / len(self.recent):.2f}"
+                             for k in range(self.num_subtasks))
+            line += f" subtask_rates={rates}"
+        if self.disabled:
+            line += " (reward program switched off)"
+        return line
+
     @property
     def success_rate(self) -> float:
         """Environment success over the last `window` finished episodes."""
@@ -554,6 +569,28 @@ def program_for_run(args: Any):
         raise ViewError(f"{e} (or train on the environment's own reward with --reward sparse)") from None
 
 
+def record_program(program: RewardProgram, writer=None) -> None:
+    """Say which reward program a run uses: printed at startup, and with a TensorBoard `writer`, in its text tab and in
+    the run's args.json (`vlmcar_program`: file, cache key, sub-tasks)."""
+    import json
+    from pathlib import Path
+
+    path = str(program.cache_path or program.name)
+    key = Path(path).stem.split("__")[2] if Path(path).stem.count("__") >= 2 else ""
+    info = {"file": path, "cache_key": key, "subtasks": program.subtasks}
+    print(f"VLM-CaR reward program: {path}" + (f" (cache key {key})" if key else "") + "\n" + program.summary(),
+          flush=True)
+    if writer is None:
+        return
+    writer.add_text("vlmcar/reward_program", f"`{path}`\n\n" + "\n".join(f"{i}. {s}" for i, s in
+                                                                       enumerate(program.subtasks, 1)))
+    args_json = Path(writer.log_dir) / "args.json"
+    if args_json.exists():
+        recorded = json.loads(args_json.read_text())
+        recorded["vlmcar_program"] = info
+        args_json.write_text(json.dumps(recorded, indent=2))
+
+
 def make_reward_hook(envs: gym.vector.VectorEnv, args: Any, writer=None, infos: dict | None = None):
     """The one startup call of the training scripts: a reward hook for `args.reward`, after `envs.reset()`.
 
@@ -578,7 +615,7 @@ def make_reward_hook(envs: gym.vector.VectorEnv, args: Any, writer=None, infos: 
     view = getattr(args, "view", "state")
     if kind == "vlmcar":
         program = program_for_run(args)
-        log.info("VLM-CaR reward program %s:\n%s", program.cache_path or "", program.summary())
+        record_program(program, writer)
     hook = RewardHook(program, envs, view=view, bonus=getattr(args, "bonus", 1.0),
                       shaping=getattr(args, "shaping", "bonus"), gamma=getattr(args, "gamma", 0.99),
                       use_progress=getattr(args, "use_progress", False), writer=writer,

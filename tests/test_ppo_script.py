@@ -1,5 +1,6 @@
 """ppo_vlmcar.py end to end with tiny budgets (as CleanRL's own tests do): tags, reward variants, failures."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -116,6 +117,23 @@ def test_reward_program_file_is_verified_then_trained_on(tmp_path):
                 "vlmcar/worker_restarts"):
         assert tag in tags, (tag, sorted(tags))
     assert tags["vlmcar/check_failures"][-1] == 0 and tags["vlmcar/worker_restarts"][-1] == 0
+    # the console and the run record say which program was used
+    assert f"VLM-CaR reward program: {program}" in r.stdout and "3 sub-task(s):" in r.stdout
+    recorded = json.loads((only_run(tmp_path) / "args.json").read_text())
+    assert recorded["reward_program"] == str(program) and recorded["torch_threads"] == 0
+    assert recorded["vlmcar_program"]["file"] == str(program)
+    assert recorded["vlmcar_program"]["subtasks"][0] == "pick up the key that matches the locked door"
+
+
+def test_console_reports_success_rate_return_and_subtask_rates_and_the_cached_program(tmp_path):
+    r = run(["--env-id", "MiniGrid-KeyCorridorS3R1-v0", "--num-envs", "2", "--num-steps", "64",
+             "--total-timesteps", "1280", "--update-epochs", "1"], tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    status = [line for line in r.stdout.splitlines() if line.startswith("global_step=")]
+    assert status and "success_rate=" in status[-1] and "episodic_return=" in status[-1]
+    assert "subtask_rates=" in status[-1] and status[-1].count("/") == 2
+    recorded = json.loads((only_run(tmp_path) / "args.json").read_text())["vlmcar_program"]
+    assert recorded["cache_key"] and "reward_cache" in recorded["file"] and len(recorded["subtasks"]) == 3
 
 
 def test_reward_program_that_fails_verification_stops_before_training(tmp_path):
