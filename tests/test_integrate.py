@@ -311,3 +311,23 @@ def test_panda_pixels_doc_is_measured_and_still_true():
     from cleanrl_vlmcar.trajectories import make_env as make
     doc = get_spec(make("PandaPush-v3"), "pixels").doc()
     assert "5 cm success radius is about" in doc and str(committed["colours"]["table"][0]) in doc
+
+
+def test_hook_worker_that_anticipates_requests_answers_the_same():
+    """`wake_early_s` only changes when the worker polls, not what it answers."""
+    from cleanrl_vlmcar.integrate import ProgramRunner
+
+    program = load_program("SUBTASKS = ['a', 'b']\ndef subtask_1(obs, start):\n    return obs['x'] > 0\n"
+                           "def subtask_2(obs, start):\n    return obs['x'] > 1\n")
+    answers = []
+    for early in (0.0, 0.002):
+        runner = ProgramRunner(program, 2, wake_early_s=early)
+        got = [runner.step([(0, -1, {"x": 0}), (1, -1, {"x": 0})])[0].tolist()]
+        k = [0, 0]
+        for x in (0, 1, 1, 2, 5):
+            new_k, _ = runner.step([(0, k[0], {"x": x}), (1, k[1], {"x": x + 1})])
+            k = new_k.tolist()
+            got.append(k)
+        runner.close()
+        answers.append(got)
+    assert answers[0] == answers[1] == [[0, 0], [0, 1], [1, 2], [1, 2], [2, 2], [2, 2]]
