@@ -86,30 +86,9 @@ def _add_verify_flags(p: argparse.ArgumentParser) -> None:
                         "isolation and rlimits only)")
 
 
-def settings_from_args(args, base=None):
-    """The verification settings: `base` (an entry's recorded settings, or the defaults) with the flags given on
-    the command line on top; and the names of the flags that changed a recorded setting."""
-    from .verify import VerifySettings
-
-    settings = base or VerifySettings()
-    given = {"n": args.n, "seed": args.seed, "expert_threshold": args.expert_threshold,
-             "random_threshold": args.random_threshold, "margin": args.random_margin,
-             "min_agreement": args.min_agreement, "holdout": None if args.no_holdout is None else False,
-             "max_check_us": args.max_check_us, "expert_source": args.expert_source, "demos": args.demos}
-    given = {k: v for k, v in given.items() if v is not None}
-    if "demos" in given and "expert_source" not in given:
-        given["expert_source"] = "demos"
-    changed = sorted(k for k, v in given.items() if getattr(settings, k) != v)
-    merged = VerifySettings(**{**settings.to_dict(), **given})
-    if "demos" in given:
-        merged.demos_sha256 = None  # the given file is hashed when it is used
-    merged.check()
-    return merged, changed
-
-
 def cmd_verify(args) -> int:
     from . import cache
-    from .verify import VerifySettings, verify_env
+    from .verify import VerifySettings, settings_from_args, verify_env
 
     base = None
     if args.program:

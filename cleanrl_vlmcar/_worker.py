@@ -33,7 +33,7 @@ import types
 
 import numpy as np
 
-from .program import (SAFE_BUILTINS, PackedArray, advance, check_source, completion_steps, progress_value,
+from .program import (SAFE_BUILTINS, PackedArray, advance, check_source, completion_steps, pack, progress_value,
                       restricted_import, sanitize, short_traceback)
 
 MAX_TEXT = 2000  # longest traceback or message a reply carries
@@ -251,10 +251,8 @@ def freeze(value):
         return value
     if isinstance(value, PackedArray):  # read-only over immutable bytes: numpy refuses to make it writeable
         return np.frombuffer(value.data, dtype=value.dtype).reshape(value.shape)
-    if isinstance(value, np.ndarray):  # backed by immutable bytes: numpy refuses to make it writeable again
-        if value.dtype.hasobject:
-            raise TypeError("views may not hold object arrays")
-        return np.frombuffer(value.tobytes(), dtype=value.dtype).reshape(value.shape)
+    if isinstance(value, np.ndarray):  # not packed by the parent: the same copy over immutable bytes
+        return freeze(pack(value))
     if isinstance(value, dict):
         return types.MappingProxyType({k: v if isinstance(v, _SCALARS) else freeze(v) for k, v in value.items()})
     if isinstance(value, (list, tuple)):

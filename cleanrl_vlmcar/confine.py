@@ -119,11 +119,9 @@ def _kill(proc: subprocess.Popen) -> None:
 
 
 def _number(x: Any, lo: float = 0.0, hi: float = math.inf, integer: bool = False) -> bool:
-    if isinstance(x, bool) or not isinstance(x, (int, float)):
+    if isinstance(x, bool) or not isinstance(x, int if integer else (int, float)):
         return False
-    if integer and not isinstance(x, int):
-        return False
-    return math.isfinite(x) and lo <= x <= hi if not integer else lo <= x <= hi
+    return math.isfinite(x) and lo <= x <= hi
 
 
 @dataclass
@@ -360,14 +358,10 @@ class ProgramWorker:
         new_k = np.frombuffer(raw, dtype="<i4", count=n, offset=4).astype(np.int64)
         prog = np.frombuffer(raw, dtype="<f8", count=n, offset=4 + 4 * n).copy()
         K = self.program.num_subtasks
-        lo = np.zeros(n, dtype=np.int64)
-        for i, k, _, _ in items:
-            lo[i] = max(k, 0)
-        ok = failures >= 0 and np.all(new_k >= lo) and np.all(new_k <= K) and np.all(np.isfinite(prog)) \
-            and np.all((prog >= 0) & (prog <= 1))
-        for i, k, _, _ in items:
-            ok = ok and (k >= 0 or new_k[i] == 0)
-        if not ok:
+        lo, hi = np.zeros(n, dtype=np.int64), np.full(n, K, dtype=np.int64)
+        for i, k, _, _ in items:  # a sub-task never un-completes; a new episode starts at 0
+            lo[i], hi[i] = (k, K) if k >= 0 else (0, 0)
+        if not (failures >= 0 and np.all((new_k >= lo) & (new_k <= hi)) and np.all((prog >= 0) & (prog <= 1))):
             raise self._fail("protocol", "the program worker sent values out of range")
         return failures, new_k, prog
 
@@ -444,10 +438,3 @@ def _walk_result(d: Any, K: int, T: int) -> WalkResult:
                       exception_examples=examples("exception_examples"),
                       progress_problems=counts("progress_problems", True),
                       progress_examples=examples("progress_examples"))
-
-
-def confinement_status(require: bool = False) -> Confinement:
-    """What confinement this machine gives reward programs (starts a worker with a trivial program)."""
-    trivial = RewardProgram("SUBTASKS = ['nothing']\ndef subtask_1(obs, start):\n    return False\n")
-    with ProgramWorker(trivial, require_confinement=require) as w:
-        return w.confinement

@@ -21,7 +21,7 @@ from .backends import (BACKEND_NAMES, Backend, BackendError, ManualAnswerNeeded,
 from .program import ProgramError, RewardProgram, extract_program, load_program
 from .trajectories import DEFAULT_CACHE, Trajectory, TrajectoryStore, collect, load_demos, make_env, rollout
 from .verify import (DEFAULT_N, EXPERT_THRESHOLD, MIN_AGREEMENT, RANDOM_MARGIN, RANDOM_THRESHOLD, VerifyReport,
-                     VerifySettings, file_sha256, verification_sets, verify_sets)
+                     VerifySettings, file_sha256, settings_from_args, verification_sets, verify_sets)
 from .views import ViewSpec, family_of, get_spec
 
 DEFAULT_ROUNDS = 3
@@ -335,8 +335,6 @@ def backend_from_args(args) -> Backend:
 
 def cmd_synthesize(args) -> int:
     backend = backend_from_args(args)
-    from .__main__ import settings_from_args
-
     vs, _ = settings_from_args(args)
     cfg = SynthesisConfig(rounds=args.rounds, n=vs.n, seed=vs.seed, expert_threshold=vs.expert_threshold,
                           random_threshold=vs.random_threshold, expert_source=vs.expert_source, demos=vs.demos,
