@@ -294,15 +294,21 @@ if __name__ == "__main__":
 
             # TRY NOT TO MODIFY: execute the game and log data.
             next_obs, reward, terminations, truncations, infos = envs.step(action.cpu().numpy())
-            reward = reward_hook.step(reward, terminations, truncations, infos)  # VLM-CaR: env reward + bonuses
+            # VLM-CaR: the verified reward hook. This step's views go to the program's confined worker, which checks
+            # them while the rollout goes on; back comes the previous step's env reward + sub-task bonuses
+            shaped = reward_hook.submit(reward, terminations, truncations, infos)
+            if step > 0:
+                rewards[step - 1] = shaped
             next_done = np.logical_or(terminations, truncations)
-            rewards[step], terms[step], dones[step] = reward, terminations, next_done
+            terms[step], dones[step] = terminations, next_done
             next_obs = torch.Tensor(next_obs).to(device)
 
             if "episode" in infos:
                 for i in np.nonzero(infos["_episode"])[0]:
                     writer.add_scalar("charts/episodic_return", infos["episode"]["r"][i], global_step)
                     writer.add_scalar("charts/episodic_length", infos["episode"]["l"][i], global_step)
+
+        rewards[-1] = reward_hook.flush()  # VLM-CaR: the last step's shaped reward, before the advantages
 
         # bootstrap value if not done
         rewards_t = torch.from_numpy(rewards).to(device)

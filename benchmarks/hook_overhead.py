@@ -5,7 +5,9 @@
 
 Runs the same pre-drawn random actions through a SyncVectorEnv without the hook, with the hook and a trivial program
 (the hook's own machinery: views and bookkeeping), and with the hook and the shipped verified program for the env
-(machinery + the program's checks), alternating several times; prints the median cost per vector step.
+(machinery + the program's checks), both with `hook.step` (the learner waits for the worker's answer) and with
+`hook.submit` (pipelined: the worker checks step t while the learner steps the envs for t+1, as ppo_vlmcar.py
+does), alternating several times; prints the median cost per vector step.
 Writes benchmarks/results/hook_overhead_{view}.json.
 """
 
@@ -26,7 +28,7 @@ from cleanrl_vlmcar.views import get_spec
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run(env_id, num_envs, steps, program, seed, view="state"):
+def run(env_id, num_envs, steps, program, seed, view="state", pipelined=False):
     envs = gym.vector.SyncVectorEnv([lambda: gym.make(env_id) for _ in range(num_envs)])
     actions = np.random.default_rng(seed).integers(0, 6, size=(steps, num_envs))
     _, infos = envs.reset(seed=seed)
@@ -38,7 +40,9 @@ def run(env_id, num_envs, steps, program, seed, view="state"):
     for a in actions:
         _, r, te, tr, infos = envs.step(a)
         if hook is not None:
-            r = hook.step(r, te, tr, infos)
+            r = hook.submit(r, te, tr, infos) if pipelined else hook.step(r, te, tr, infos)
+    if pipelined:
+        hook.flush()
     elapsed = time.perf_counter() - t0
     if hook is not None:
         hook.close()
@@ -67,17 +71,22 @@ def main():
         path, entry = cache.lookup(args.env_id, args.view)
         source, name = entry["program"], path.name
     programs = {"trivial": load_program(TRIVIAL, constants), "program": load_program(source, constants, name)}
-    times = {"plain": [], "trivial": [], "program": []}
+    times = {"plain": [], "trivial": [], "program": [], "trivial_pipelined": [], "program_pipelined": []}
     for r in range(args.repeats):
         times["plain"].append(run(args.env_id, args.num_envs, args.steps, None, r))
         for key, prog in programs.items():
             times[key].append(run(args.env_id, args.num_envs, args.steps, prog, r, args.view))
+            times[key + "_pipelined"].append(run(args.env_id, args.num_envs, args.steps, prog, r, args.view, True))
     med = {k: float(np.median(v)) for k, v in times.items()}
-    print("| env | view | envs | vector step (us) | + hook machinery (trivial program) | + hook with the shipped program |\n"
-          "| --- | --- | --- | --- | --- | --- |\n"
-          f"| {args.env_id} | {args.view} | {args.num_envs} | {med['plain']:.0f} | {med['trivial']:.0f} "
-          f"({100 * (med['trivial'] / med['plain'] - 1):+.1f}%) | {med['program']:.0f} "
-          f"({100 * (med['program'] / med['plain'] - 1):+.1f}%) |")
+
+    def cell(key):
+        return f"{med[key]:.0f} ({100 * (med[key] / med['plain'] - 1):+.1f}%)"
+
+    print("| env | view | envs | hook call | vector step (us) | + hook machinery (trivial program) "
+          "| + hook with the shipped program |\n| --- | --- | --- | --- | --- | --- | --- |")
+    for call, suffix in (("step", ""), ("submit (pipelined)", "_pipelined")):
+        print(f"| {args.env_id} | {args.view} | {args.num_envs} | {call} | {med['plain']:.0f} | "
+              f"{cell('trivial' + suffix)} | {cell('program' + suffix)} |")
     print(f"(median of {args.repeats} alternating runs of {args.steps} random-action steps; program {name}; "
           f"{platform.machine()}, {__import__('os').cpu_count()} cores)")
     out = ROOT / "benchmarks" / "results" / f"hook_overhead_{args.view}.json"

@@ -180,6 +180,7 @@ class ProgramWorker:
         self._finalizer = weakref.finalize(self, _kill, self.proc)
         self._r, self._w = self.proc.stdout.fileno(), self.proc.stdin.fileno()
         self._buf = bytearray()  # bytes read from the worker and not yet consumed
+        self._in_flight = None  # (deadline, n, bounds of new_k) of a step request whose answer is not read yet
         os.set_blocking(self._r, False)
         os.set_blocking(self._w, False)
         self.starts += 1
@@ -233,6 +234,7 @@ class ProgramWorker:
             raise WorkerError("protocol", "the program worker loaded a different number of sub-tasks")
 
     def kill(self) -> None:
+        self._in_flight = None
         if self.proc is not None:
             if self._finalizer is not None:
                 self._finalizer.detach()
@@ -276,7 +278,7 @@ class ProgramWorker:
         return WorkerError(kind, message)
 
     def _send(self, obj: Any, deadline: float) -> None:
-        if not self.alive:
+        if self.proc is None:
             raise self._fail("crash", "the program worker is not running")
         payload = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
         view = memoryview(struct.pack("<I", len(payload)) + payload)
@@ -296,15 +298,13 @@ class ProgramWorker:
     def _read(self, n: int, deadline: float) -> bytes:
         buf = self._buf
         while len(buf) < n:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise self._fail("timeout", "the program did not answer in time")
-            ready, _, _ = select.select([self._r], [], [], remaining)
-            if not ready:
-                continue
-            try:
+            try:  # what has already arrived counts, even when the caller comes back after the deadline
                 chunk = os.read(self._r, max(n - len(buf), 1 << 16))
             except BlockingIOError:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise self._fail("timeout", "the program did not answer in time") from None
+                select.select([self._r], [], [], remaining)
                 continue
             except OSError:
                 chunk = b""
@@ -343,25 +343,41 @@ class ProgramWorker:
             raise self._fail("protocol", "the program worker sent an invalid walk result") from None
 
     def step(self, items: list[tuple[int, int, Any, Any]], n: int, progress: bool,
-             timeout_s: float) -> tuple[int, np.ndarray, np.ndarray]:
+             timeout_s: float) -> tuple[int, list[int], list[float]]:
         """One vector step. `items`: (env index, next sub-task k or -1 when a new episode begins with this view,
         view, start view to (re)register or None). Returns (check failures, new next sub-task per env, progress
         of the new next sub-task per env), read from a fixed-size record and range-checked."""
+        self.send_step(items, n, progress, timeout_s)
+        return self.recv_step()
+
+    def send_step(self, items: list[tuple[int, int, Any, Any]], n: int, progress: bool, timeout_s: float) -> None:
+        """The first half of `step`: send the request and return at once; the worker checks the views while the
+        caller goes on. `recv_step` reads the answer (one request in flight at a time)."""
+        if self._in_flight is not None:
+            raise RuntimeError("send_step: the previous step's answer has not been read (recv_step)")
         deadline = time.monotonic() + timeout_s
         packed = [(i, k, pack(view), None if start is None else pack(start)) for i, k, view, start in items]
-        self._send({"op": "step", "items": packed, "n": n, "progress": bool(progress)}, deadline)
-        size = 4 + 12 * n
-        raw = self._recv(deadline, size)
-        if len(raw) != size:
-            raise self._fail("protocol", f"the program worker sent {len(raw)} bytes instead of {size}")
-        failures = int(np.frombuffer(raw, dtype="<i4", count=1)[0])
-        new_k = np.frombuffer(raw, dtype="<i4", count=n, offset=4).astype(np.int64)
-        prog = np.frombuffer(raw, dtype="<f8", count=n, offset=4 + 4 * n).copy()
         K = self.program.num_subtasks
-        lo, hi = np.zeros(n, dtype=np.int64), np.full(n, K, dtype=np.int64)
+        bounds = [(0, K)] * n
         for i, k, _, _ in items:  # a sub-task never un-completes; a new episode starts at 0
-            lo[i], hi[i] = (k, K) if k >= 0 else (0, 0)
-        if not (failures >= 0 and np.all((new_k >= lo) & (new_k <= hi)) and np.all((prog >= 0) & (prog <= 1))):
+            bounds[i] = (k, K) if k >= 0 else (0, 0)
+        self._send({"op": "step", "items": packed, "n": n, "progress": bool(progress)}, deadline)
+        self._in_flight = (deadline, n, bounds)
+
+    def recv_step(self) -> tuple[int, list[int], list[float]]:
+        """The second half of `step`: the answer to the request `send_step` sent, by that request's deadline."""
+        if self._in_flight is None:
+            raise RuntimeError("recv_step: no step request in flight (send_step)")
+        deadline, n, bounds = self._in_flight
+        self._in_flight = None
+        size = 4 + 12 * n
+        raw = self._read(4 + size, deadline)  # the reply's size is known: its length prefix and record at once
+        if raw[:4] != struct.pack("<I", size):
+            raise self._fail("protocol", "the program worker sent a reply of the wrong size")
+        values = struct.unpack_from(f"<i{n}i{n}d", raw, 4)
+        failures, new_k, prog = values[0], list(values[1:n + 1]), list(values[n + 1:])
+        if not (failures >= 0 and all(lo <= k <= hi for k, (lo, hi) in zip(new_k, bounds))
+                and all(0.0 <= p <= 1.0 for p in prog)):  # NaN fails these comparisons too
             raise self._fail("protocol", "the program worker sent values out of range")
         return failures, new_k, prog
 

@@ -156,14 +156,21 @@ class ProgramRunner:
         self._resend: set[int] = set()
         self.check_failures = self.worker_restarts = self.checked = 0
         self._failed_in_a_row = 0
+        self._submitted = 0  # checks in the request in flight (0: none)
         self.disabled: str | None = None
         self.first_error = ""  # the worker's traceback of the first failed check (sanitised)
 
     def step(self, items: list[tuple[int, int, Any]]) -> tuple[np.ndarray, np.ndarray] | None:
         """`items`: (env index, next sub-task, or -1 when a new episode begins with this view, view). Returns the new
         next sub-task and progress value per env, or None when there is no answer for this step."""
+        self.submit(items)
+        return self.collect()
+
+    def submit(self, items: list[tuple[int, int, Any]]) -> None:
+        """The first half of `step`: send the request; the worker checks while the caller goes on."""
+        self._submitted = 0
         if self.disabled:
-            return None
+            return
         request = []
         for i, k, view in items:
             if k < 0:
@@ -177,9 +184,21 @@ class ProgramRunner:
                 request.append((i, k, view, None))
         self.checked += len(items)
         try:
-            failures, new_k, progress = self.worker.step(request, self.num_envs, self.use_progress, self.deadline_s)
+            self.worker.send_step(request, self.num_envs, self.use_progress, self.deadline_s)
         except WorkerError as e:
             self._failed(len(items), e)
+            return
+        self._submitted = len(items)
+
+    def collect(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """The second half of `step`: the answer to what `submit` sent, or None when there is none."""
+        n, self._submitted = self._submitted, 0
+        if not n or self.disabled:
+            return None
+        try:
+            failures, new_k, progress = self.worker.recv_step()
+        except WorkerError as e:
+            self._failed(n, e)
             return None
         self._failed_in_a_row = 0
         if failures and not self.first_error:
@@ -284,6 +303,8 @@ class RewardHook:
         self._warned = 0
         self._fidelity_warned = False
         self._disabled_reported = False
+        self._pending: tuple | None = None  # a submitted step whose answer is not booked yet
+        self._delayed: np.ndarray | None = None  # `submit` without a program: the shaped rewards it owes
 
     @property
     def next_subtask(self) -> np.ndarray:
@@ -323,6 +344,10 @@ class RewardHook:
 
     def reset(self, infos: dict | None = None) -> None:
         """Call after `envs.reset()`: every environment starts a new episode."""
+        if self._pending is not None:  # the answer to a step that the reset discards: read and dropped
+            self._pending = None
+            self.runner.collect()
+        self._delayed = None
         if self.program is not None:
             views = [a.reset() for a in self.adapters] if self.adapters is not None else self._views_from_infos(infos)
             answer = self.runner.step([(i, -1, v) for i, v in enumerate(views)])
@@ -338,6 +363,48 @@ class RewardHook:
         model's term, added outside autoreset steps])."""
         if self.program is None and extra is None:
             return self._step_sparse(reward, terminations, truncations, infos)
+        if self._pending is not None:  # a step sent by `submit` is booked first
+            self.flush()
+        pending = self._send(reward, terminations, truncations, infos, extra)
+        return self._book(pending, self.runner.collect() if self.runner is not None else None)
+
+    def submit(self, reward: np.ndarray, terminations: np.ndarray, truncations: np.ndarray,
+               infos: dict | None = None) -> np.ndarray | None:
+        """`step`, pipelined: send this vector step's views to the worker and return at once with the shaped
+        rewards of the step submitted before (None on the first step after `reset` or `flush`). The program
+        checks while the rollout goes on, so its cost hides behind the next policy forward and env step. Call
+        `flush()` for the last step's shaped rewards before using the rollout. Rewards, bonuses, episodes and
+        logs are exactly those of `step`, one step later."""
+        if self.runner is None:  # nothing to wait for: the same answers, delayed to keep one calling convention
+            shaped, self._delayed = self._delayed, self.step(reward, terminations, truncations, infos)
+            return shaped
+        shaped = self.flush()
+        self._pending = self._send(reward, terminations, truncations, infos, None)
+        return shaped
+
+    def flush(self) -> np.ndarray | None:
+        """The shaped rewards of the step `submit` sent last (None if there is none); waits for the worker."""
+        if self.runner is None:
+            shaped, self._delayed = self._delayed, None
+            return shaped
+        pending, self._pending = self._pending, None
+        return None if pending is None else self._book(pending, self.runner.collect())
+
+    def _send(self, reward, terminations, truncations, infos, extra) -> tuple:
+        """Compute this step's views and send them to the worker; what `_book` needs to finish the step."""
+        if self.program is not None:  # one message to the worker for the whole vector step
+            autoreset = self._autoreset
+            if self.adapters is not None:
+                views = [a.reset() if r else a.step() for a, r in zip(self.adapters, autoreset)]
+            else:
+                views = self._views_from_infos(infos)
+            self.runner.submit([(i, -1 if autoreset[i] else p.next_subtask, views[i])
+                                for i, p in enumerate(self.progress)])
+        return reward, terminations, truncations, infos, extra
+
+    def _book(self, pending: tuple, answer: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray:
+        """Finish a step with the worker's answer (None: no answer, nothing is paid): bonuses, episodes, logs."""
+        reward, terminations, truncations, infos, extra = pending
         # per-env work is plain Python on lists: numpy scalar access would cost more than the checks themselves
         self.global_step += self.num_envs
         rewards = np.asarray(reward, dtype=np.float64).tolist()
@@ -349,14 +416,6 @@ class RewardHook:
             self._any_completed = False
         self.episodes = []
         autoreset, program = self._autoreset, self.program
-        answer = None
-        if program is not None:  # one message to the worker for the whole vector step
-            if self.adapters is not None:
-                views = [a.reset() if r else a.step() for a, r in zip(self.adapters, autoreset)]
-            else:
-                views = self._views_from_infos(infos)
-            answer = self.runner.step([(i, -1 if autoreset[i] else p.next_subtask, views[i])
-                                       for i, p in enumerate(self.progress)])
         for i in range(self.num_envs):
             if autoreset[i]:  # the reset step of next-step autoreset: no bonus, progress starts over
                 if program is not None:

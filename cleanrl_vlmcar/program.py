@@ -25,7 +25,7 @@ import re
 import traceback
 import unicodedata
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, NamedTuple
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
@@ -493,26 +493,35 @@ def completion_steps(check: Callable[[int, Any, Any], bool], num_subtasks: int, 
     return steps
 
 
-class PackedArray(NamedTuple):
+class PackedArray:
     """A numpy array on its way to the worker: its raw bytes (cheaper to pickle than the array, and unpacked there as
     a read-only array over immutable bytes)."""
 
-    dtype: str
-    shape: tuple
-    data: bytes
+    __slots__ = ("dtype", "shape", "data")
+
+    def __init__(self, dtype: str, shape: tuple, data: bytes):
+        self.dtype, self.shape, self.data = dtype, shape, data
+
+    def __reduce__(self):  # a plain constructor call: pickles faster than a NamedTuple
+        return PackedArray, (self.dtype, self.shape, self.data)
+
+
+_PLAIN = frozenset({int, float, str, bool, type(None)})
 
 
 def pack(value: Any) -> Any:
     """A view (or constants) with every numpy array replaced by a PackedArray."""
     t = type(value)
+    if t in _PLAIN:
+        return value
     if t is dict:
-        return {k: pack(v) for k, v in value.items()}
+        return {k: v if type(v) in _PLAIN else pack(v) for k, v in value.items()}
     if t is np.ndarray:
         if value.dtype.hasobject:
             raise TypeError("views may not hold object arrays")
         return PackedArray(value.dtype.str, value.shape, value.tobytes())
     if t is list or t is tuple:
-        return t(pack(v) for v in value)
+        return value if t is tuple and all(type(v) in _PLAIN for v in value) else t(pack(v) for v in value)
     return value
 
 

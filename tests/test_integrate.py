@@ -322,12 +322,124 @@ def test_hook_worker_that_anticipates_requests_answers_the_same():
     answers = []
     for early in (0.0, 0.002):
         runner = ProgramRunner(program, 2, wake_early_s=early)
-        got = [runner.step([(0, -1, {"x": 0}), (1, -1, {"x": 0})])[0].tolist()]
+        got = [list(runner.step([(0, -1, {"x": 0}), (1, -1, {"x": 0})])[0])]
         k = [0, 0]
         for x in (0, 1, 1, 2, 5):
             new_k, _ = runner.step([(0, k[0], {"x": x}), (1, k[1], {"x": x + 1})])
-            k = new_k.tolist()
+            k = list(new_k)
             got.append(k)
         runner.close()
         answers.append(got)
     assert answers[0] == answers[1] == [[0, 0], [0, 1], [1, 2], [1, 2], [2, 2], [2, 2]]
+
+
+def _rollout(hook, envs, actions, pipelined):
+    """Shaped rewards per step and the episodes booked, with `step` or with `submit` + `flush`."""
+    shaped, episodes = [], []
+    for a in actions:
+        _, reward, term, trunc, infos = envs.step(a)
+        if pipelined:
+            out = hook.submit(reward, term, trunc, infos)
+            if out is not None:
+                shaped.append(out)
+        else:
+            shaped.append(hook.step(reward, term, trunc, infos))
+        episodes += hook.episodes
+    if pipelined:
+        shaped.append(hook.flush())
+        episodes += hook.episodes
+    return np.array(shaped), [(e.env_index, e.subtasks_completed, e.shaped_return, e.length, e.success)
+                              for e in episodes]
+
+
+@pytest.mark.parametrize("with_program", [True, False])
+def test_pipelined_submit_pays_exactly_what_step_pays(with_program):
+    """`submit` returns the previous step's shaped rewards; over a random rollout with episodes ending and
+    autoresets, rewards and episodes equal those of `step` (the PPO script relies on it)."""
+    program = keycorridor_program() if with_program else None
+    rng = np.random.default_rng(3)
+    # the scripted solution for env 0, random actions elsewhere, so sub-tasks, success and timeouts all happen
+    actions = rng.integers(0, 6, size=(260, 3))
+    actions[:len(SCRIPT), 0] = SCRIPT
+    results = []
+    for pipelined in (False, True):
+        envs = gym.vector.SyncVectorEnv([make_env, make_env,
+                                         lambda: gym.make(ENV_ID, max_steps=20)])
+        _, infos = envs.reset(seed=[0, 1, 2])
+        hook = RewardHook(program, envs, bonus=0.5)
+        hook.reset(infos)
+        results.append(_rollout(hook, envs, actions, pipelined))
+        hook.close()
+        envs.close()
+    (sync_r, sync_e), (pipe_r, pipe_e) = results
+    assert sync_r.shape == pipe_r.shape == (260, 3)
+    np.testing.assert_array_equal(sync_r, pipe_r)
+    assert sync_e == pipe_e and len(sync_e) >= 10
+    if with_program:
+        assert sync_r[:len(SCRIPT), 0].sum() > 1.4  # three bonuses of 0.5 plus the env's reward were paid
+
+
+def test_pipelined_hook_counts_a_hanging_step_and_goes_on():
+    """A program that hangs on one view: with `submit`, the step's answer misses its deadline when collected,
+    the worker restarts, that step's checks count as failures and the rollout goes on with bonuses afterwards."""
+    program = load_program("SUBTASKS = ['reach x = 2 (hangs at x = 7)']\n"
+                           "def subtask_1(obs, start):\n"
+                           "    if obs['agent_pos'][0] == 7:\n"
+                           "        return sum(range(10 ** 12)) > 0\n"
+                           "    return obs['agent_pos'][0] == 2\n")
+    envs = gym.vector.SyncVectorEnv([make_env])
+    _, infos = envs.reset(seed=0)
+    hook = RewardHook(program, envs, deadline_s=0.5)
+    hook.reset(infos)
+    # step t's view is sent when t - 1 steps are booked: x = 7 on step 2 (hangs), x = 2 on step 4 (completes)
+    hook.adapters[0].step = lambda: {"agent_pos": ({1: 7, 3: 2}.get(hook.global_step, 1), 1)}
+    paid = []
+    for t in range(4):
+        _, reward, term, trunc, infos = envs.step(np.array([0]))
+        out = hook.submit(reward, term, trunc, infos)
+        if out is not None:
+            paid.append(float(out[0]))
+    paid.append(float(hook.flush()[0]))
+    assert hook.worker_restarts == 1 and hook.check_failures == 1 and hook.disabled is None
+    assert paid == [0.0, 0.0, 0.0, 1.0]
+    hook.close()
+
+
+def test_reset_drops_a_submitted_step_and_worker_misuse_is_an_error():
+    program = keycorridor_program()
+    envs = gym.vector.SyncVectorEnv([make_env])
+    _, infos = envs.reset(seed=0)
+    hook = RewardHook(program, envs)
+    hook.reset(infos)
+    _, reward, term, trunc, infos = envs.step(np.array([1]))
+    assert hook.submit(reward, term, trunc, infos) is None
+    _, infos = envs.reset(seed=0)
+    hook.reset(infos)  # the answer in flight is read and dropped: the next submit starts clean
+    assert hook.flush() is None
+    for a in SCRIPT[:4]:
+        _, reward, term, trunc, infos = envs.step(np.array([a]))
+        hook.submit(reward, term, trunc, infos)
+    assert hook.flush()[0] == pytest.approx(1.0) and hook.next_subtask[0] == 1  # the key at step 4
+    worker = hook.runner.worker
+    with pytest.raises(RuntimeError, match="no step request in flight"):
+        worker.recv_step()
+    worker.send_step([(0, 1, {"grid": np.zeros((3, 3, 3), np.uint8)}, None)], 1, False, 5.0)
+    with pytest.raises(RuntimeError, match="has not been read"):
+        worker.send_step([(0, 1, {"grid": np.zeros((3, 3, 3), np.uint8)}, None)], 1, False, 5.0)
+    hook.close()
+
+
+def test_an_answer_that_arrived_counts_even_when_read_after_its_deadline():
+    """The learner may come back to a pipelined answer late (a slow env step): what the worker already sent is
+    used, not declared a timeout."""
+    import time
+
+    program = load_program("SUBTASKS = ['x']\ndef subtask_1(obs, start):\n    return obs['x'] > 0\n")
+    worker = program.worker()
+    worker.send_step([(0, -1, {"x": 0}, None)], 1, False, 0.2)
+    time.sleep(0.5)
+    assert worker.recv_step()[1] == [0]
+    worker.send_step([(0, 0, {"x": 1}, None)], 1, False, 0.2)
+    time.sleep(0.5)
+    assert worker.recv_step()[1] == [1]
+    worker.close()
