@@ -1,5 +1,7 @@
-"""Regenerate the generated sections of README.md: the view docs (the same text the VLM prompt uses) and the table
-of shipped reward programs (from reward_cache/). Run after changing a view or a cache entry; a test checks both."""
+"""Regenerate the generated sections of the documentation: the view docs in docs/views.md (the same text the VLM
+prompt uses) and the table of shipped reward programs in docs/synthesis.md (from reward_cache/). Each section sits
+between `<!-- NAME:start -->` and `<!-- NAME:end -->` markers. Run after changing a view or a cache entry; a test
+(tests/test_cli_and_readme.py) checks both. The file keeps its old name; the sections moved out of README.md."""
 
 import json
 import re
@@ -10,11 +12,13 @@ from cleanrl_vlmcar.program import check_source
 from cleanrl_vlmcar.views import all_specs
 
 ROOT = Path(__file__).resolve().parents[1]
-README = ROOT / "README.md"
+VIEWS_DOC = ROOT / "docs" / "views.md"
+REWARDS_DOC = ROOT / "docs" / "synthesis.md"
 
 
 def render() -> str:
-    return "\n\n".join(spec.doc().replace("### ", "#### ") for spec in all_specs())
+    # the views' own headings are `###`; on docs/views.md they sit right under the page title
+    return re.sub(r"^### ", "## ", "\n\n".join(spec.doc() for spec in all_specs()), flags=re.M)
 
 
 def render_rewards() -> str:
@@ -37,14 +41,27 @@ def render_rewards() -> str:
     return "\n".join(lines)
 
 
+SECTIONS = {"views": (VIEWS_DOC, render), "rewards": (REWARDS_DOC, render_rewards)}
+
+
+def section(name: str) -> str:
+    """The current text between the `name` markers of its page (what the test compares with the generator)."""
+    path = SECTIONS[name][0]
+    found = re.search(rf"<!-- {name}:start -->\n(.*)\n<!-- {name}:end -->", path.read_text(), flags=re.S)
+    if found is None:
+        raise SystemExit(f"error: {path.relative_to(ROOT)} has no <!-- {name}:start --> ... <!-- {name}:end --> markers")
+    return found.group(1)
+
+
 def _replace(text: str, name: str, body: str) -> str:
     return re.sub(rf"<!-- {name}:start -->.*<!-- {name}:end -->",
                   lambda _: f"<!-- {name}:start -->\n{body}\n<!-- {name}:end -->", text, flags=re.S)
 
 
 def main() -> None:
-    text = _replace(README.read_text(), "views", render())
-    README.write_text(_replace(text, "rewards", render_rewards()))
+    for name, (path, make) in SECTIONS.items():
+        section(name)  # the markers must be there: a silent no-op would leave the page stale
+        path.write_text(_replace(path.read_text(), name, make()))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""The CLI verbs' exit codes and messages, and the README's generated sections."""
+"""The CLI verbs' exit codes and messages, and the generated sections of the docs (docs/views.md,
+docs/synthesis.md)."""
 
 import re
 import subprocess
@@ -13,21 +14,65 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
 
-def test_readme_views_section_is_current():
+def _generated(page: str, name: str) -> str:
+    text = (ROOT / "docs" / page).read_text()
+    found = re.search(rf"<!-- {name}:start -->\n(.*)\n<!-- {name}:end -->", text, flags=re.S)
+    assert found, f"docs/{page} lost its {name} markers"
+    return found.group(1)
+
+
+def test_views_section_is_current():
+    """docs/views.md's generated section equals the generator's output (the views' own documentation)."""
     from update_readme_views import render
 
-    text = (ROOT / "README.md").read_text()
-    section = re.search(r"<!-- views:start -->\n(.*)\n<!-- views:end -->", text, flags=re.S).group(1)
-    assert section == render(), "run python scripts/update_readme_views.py"
+    assert _generated("views.md", "views") == render(), "run python scripts/update_readme_views.py"
 
 
-def test_readme_rewards_table_is_current():
+def test_rewards_table_is_current():
+    """docs/synthesis.md's table of shipped programs equals the generator's output (from reward_cache/)."""
     from update_readme_views import render_rewards
 
-    text = (ROOT / "README.md").read_text()
-    section = re.search(r"<!-- rewards:start -->\n(.*)\n<!-- rewards:end -->", text, flags=re.S).group(1)
+    section = _generated("synthesis.md", "rewards")
     assert section == render_rewards(), "run python scripts/update_readme_views.py"
     assert section.count("\n| MiniGrid-") == 10 and section.count("\n| Panda") == 4
+
+
+def test_readme_test_command_is_the_ci_command():
+    """.ci/run runs "the README's test command": the line after that comment is in the README's set-up block."""
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    command = ci[ci.index("# the README's test command:") + 1].strip()
+    readme = (ROOT / "README.md").read_text()
+    setup = readme[readme.index("## Set-up: two commands"):]
+    assert f"\n{command}\n" in setup[:setup.index("\n## ", 1)]
+
+
+def _anchors(path: Path) -> set[str]:
+    """GitHub's heading anchors of a Markdown file (lower case, punctuation dropped, spaces as hyphens)."""
+    seen: dict[str, int] = {}
+    for line in path.read_text().splitlines():
+        if re.match(r"#{1,6} ", line):
+            slug = re.sub(r"[^\w\- ]", "", line.lstrip("#").strip().lower()).replace(" ", "-")
+            n = seen.get(slug, 0)
+            seen[slug] = n + 1
+            if n:
+                seen[f"{slug}-{n}"] = 1
+    return set(seen)
+
+
+def test_doc_links_resolve():
+    """Every relative link in README.md and docs/*.md names an existing file, and an existing heading if it has
+    an anchor."""
+    broken = []
+    for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)  # not inside code blocks
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"[a-z]+:", target):
+                continue  # https:, mailto:
+            file, _, anchor = target.partition("#")
+            dest = (page.parent / file).resolve() if file else page
+            if not dest.exists() or (anchor and dest.suffix == ".md" and anchor not in _anchors(dest)):
+                broken.append(f"{page.relative_to(ROOT)}: {target}")
+    assert not broken, broken
 
 
 def test_check_ok_and_rejected(tmp_path, capsys):

@@ -287,7 +287,7 @@ def test_runtime_failures_are_errors_for_verification_and_false_for_the_hook(bod
         assert value is None and kind in error
         failures, new_k, _ = w.step([(0, -1, {}, None), (1, -1, {}, None)], 2, False, 10.0)
         failures, new_k, _ = w.step([(0, 0, {}, None), (1, 0, {}, None)], 2, False, 10.0)
-        assert failures == 2 and new_k.tolist() == [0, 0]
+        assert failures == 2 and new_k == [0, 0]
 
 
 @pytest.mark.parametrize("value, expected", [
