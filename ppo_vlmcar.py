@@ -18,7 +18,8 @@ import tyro
 from torch.distributions.categorical import Categorical
 from torch.utils.tensorboard import SummaryWriter
 
-from cleanrl_vlmcar.integrate import make_reward_hook  # VLM-CaR
+from cleanrl_vlmcar.errors import VLMCaRError  # VLM-CaR
+from cleanrl_vlmcar.rewards import make_reward_hook  # VLM-CaR
 
 
 @dataclass
@@ -81,8 +82,8 @@ class Args:
     # VLM-CaR arguments
     reward: Literal["sparse", "vlmcar", "clip"] = "vlmcar"
     """reward variant: the env's sparse reward, + verified VLM-CaR sub-task bonuses, or a CLIP reward"""
-    view: Literal["state", "pixels"] = "state"
-    """the observation view the reward program reads (not the policy input)"""
+    view: str = "state"
+    """the view the reward program reads (not the policy input): state or pixels; obs or pixels for other envs"""
     reward_program: Optional[str] = None
     """a reward program file to verify at startup and train on (default: the verified program in reward_cache/)"""
     require_confinement: bool = False
@@ -262,8 +263,8 @@ if __name__ == "__main__":
     start_time = time.time()
     next_obs, infos = envs.reset(seed=args.seed)
     try:
-        reward_hook = make_reward_hook(envs, args, writer, infos)  # VLM-CaR: verified reward program -> reward hook
-    except (ValueError, RuntimeError) as e:  # no verified program, unsupported env or view: fail before training
+        reward_hook = make_reward_hook(envs, args, writer, infos, next_obs)  # VLM-CaR: verified program -> hook
+    except VLMCaRError as e:  # no program, unsupported env or view, backend failure: stop before training
         envs.close()
         writer.close()
         shutil.rmtree(f"runs/{run_name}", ignore_errors=True)
@@ -296,7 +297,7 @@ if __name__ == "__main__":
             next_obs, reward, terminations, truncations, infos = envs.step(action.cpu().numpy())
             # VLM-CaR: the verified reward hook. This step's views go to the program's confined worker, which checks
             # them while the rollout goes on; back comes the previous step's env reward + sub-task bonuses
-            shaped = reward_hook.submit(reward, terminations, truncations, infos)
+            shaped = reward_hook.submit(reward, terminations, truncations, infos, next_obs)
             if step > 0:
                 rewards[step - 1] = shaped
             next_done = np.logical_or(terminations, truncations)

@@ -18,7 +18,8 @@ import torch.optim as optim
 import tyro
 from torch.utils.tensorboard import SummaryWriter
 
-from cleanrl_vlmcar.integrate import make_reward_hook  # VLM-CaR
+from cleanrl_vlmcar.errors import VLMCaRError  # VLM-CaR
+from cleanrl_vlmcar.rewards import make_reward_hook  # VLM-CaR
 
 
 @dataclass
@@ -75,8 +76,8 @@ class Args:
     # VLM-CaR arguments
     reward: Literal["sparse", "vlmcar", "clip"] = "vlmcar"
     """reward variant: the env's sparse reward, + verified VLM-CaR sub-task bonuses, or a CLIP reward"""
-    view: Literal["state", "pixels"] = "state"
-    """the observation view the reward program reads (not the policy input)"""
+    view: str = "state"
+    """the view the reward program reads (not the policy input): state or pixels; obs or pixels for other envs"""
     reward_program: Optional[str] = None
     """a reward program file to verify at startup and train on (default: the verified program in reward_cache/)"""
     require_confinement: bool = False
@@ -350,8 +351,8 @@ if __name__ == "__main__":
     # TRY NOT TO MODIFY: start the game
     obs, infos = envs.reset(seed=args.seed)
     try:
-        reward_hook = make_reward_hook(envs, args, writer, infos)  # VLM-CaR: verified reward program -> reward hook
-    except (ValueError, RuntimeError) as e:  # no verified program, unsupported env or view: fail before training
+        reward_hook = make_reward_hook(envs, args, writer, infos, obs)  # VLM-CaR: verified program -> hook
+    except VLMCaRError as e:  # no program, unsupported env or view, backend failure: stop before training
         envs.close()
         writer.close()
         shutil.rmtree(f"runs/{run_name}", ignore_errors=True)
@@ -374,7 +375,7 @@ if __name__ == "__main__":
 
         # TRY NOT TO MODIFY: execute the game and log data.
         next_obs, rewards, terminations, truncations, infos = envs.step(actions)
-        rewards = reward_hook.step(rewards, terminations, truncations, infos)  # VLM-CaR: env reward + bonuses
+        rewards = reward_hook.step(rewards, terminations, truncations, infos, obs=next_obs)  # VLM-CaR: + bonuses
 
         # TRY NOT TO MODIFY: record rewards for plotting purposes
         if "episode" in infos:

@@ -52,6 +52,7 @@ HERE = Path(__file__).resolve().parent
 def load_verified_program(path: str | None, env):
     """(RewardProgram, description): FILE in the project's format, or the shipped verified cache entry."""
     from cleanrl_vlmcar import cache
+    from cleanrl_vlmcar.confine import ProgramWorker
     from cleanrl_vlmcar.program import load_program
     from cleanrl_vlmcar.views import get_spec
 
@@ -144,12 +145,13 @@ def main(argv=None) -> int:
     rows = []
 
     # ---- environments: frames (CLIP) and the project's state views (code)
+    from cleanrl_vlmcar.confine import ProgramWorker
     from cleanrl_vlmcar.program import load_program
     from cleanrl_vlmcar.views import make_view
 
     envs = [gym.make(ENV_ID) for _ in range(args.n_envs)]
     program, prog_name = load_verified_program(args.program, envs[0])
-    worker = program.worker()
+    worker = ProgramWorker(program)
     rng = np.random.default_rng(0)
     adapters = [make_view(e, "state") for e in envs]
     for i, e in enumerate(envs):
@@ -240,7 +242,7 @@ def main(argv=None) -> int:
             out.append((time.perf_counter() - t0) / (len(batches) * args.n_envs) * 1e6)
         return out
 
-    trivial = load_program("SUBTASKS = ['never']\ndef subtask_1(obs, start):\n    return False\n").worker()
+    trivial = ProgramWorker(load_program("SUBTASKS = ['never']\ndef subtask_1(obs, start):\n    return False\n"))
     # the trivial program has one sub-task: the same views, with the next sub-task index that program would have
     trivial_batches = [[(i, min(k, 0), v, st) for i, k, v, st in items] for items in batches_code]
     hook_us, trip_us = time_round_trips(worker, batches_code), time_round_trips(trivial, trivial_batches)

@@ -15,6 +15,7 @@ import platform
 from pathlib import Path
 
 from cleanrl_vlmcar import cache
+from cleanrl_vlmcar.confine import ProgramWorker
 from cleanrl_vlmcar.program import load_program
 from cleanrl_vlmcar.trajectories import make_env, make_policy, rollout
 from cleanrl_vlmcar.views import get_spec
@@ -37,8 +38,8 @@ def main():
         found = cache.lookup(args.env_id, view)
         if found is None:
             raise SystemExit(f"no verified {view} program for {args.env_id} in reward_cache/")
-        programs[view] = load_program(found[1]["program"], get_spec(env, view).constants(),
-                                      name=found[0].name).worker()
+        programs[view] = ProgramWorker(load_program(found[1]["program"], get_spec(env, view).constants(),
+                                      name=found[0].name))
 
     rows, same, total = [], 0, 0
     for policy_name, n in (("random", args.random), ("noisy0.5", args.noisy), ("noisy0.3", args.noisy),

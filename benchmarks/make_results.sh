@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 res=benchmarks/results
-for family in minigrid panda; do
+for family in minigrid panda classic; do
   python -m cleanrl_vlmcar compare "$res/$family/runs" --out "$res/figures/$family.png" --csv "$res/${family}_summary.csv"
 done
 [[ "${1:-}" == "--no-skill" ]] && exit 0

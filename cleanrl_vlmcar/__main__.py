@@ -11,6 +11,8 @@ import json
 import sys
 from pathlib import Path
 
+from .errors import VLMCaRError
+
 
 def _read(path: str) -> str:
     try:
@@ -129,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("verify", help="verify a program over expert and random trajectories")
     p.add_argument("--env-id", required=True)
-    p.add_argument("--view", default="state", choices=["state", "pixels"])
+    p.add_argument("--view", default="state", help="the view programs read: state or pixels (MiniGrid, panda-gym), obs or pixels (any other environment)")
     p.add_argument("--program", default=None, help="program file; default: the cached program for env and view")
     p.add_argument("--reward-cache", default=None, help="reward cache folder (default: the repo's reward_cache/)")
     p.add_argument("--json", default=None, help="also write the report as JSON here")
@@ -142,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
         pass
     else:
         add_synthesize_parser(sub, _add_verify_flags)
+        from .refine import add_refine_parser; add_refine_parser(sub, _add_verify_flags)  # noqa: E702
     from .evaluate import add_evaluate_parser
 
     add_evaluate_parser(sub)
@@ -156,19 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as e:
+    except (VLMCaRError, ValueError, FileNotFoundError) as e:  # errors that carry their own advice; bad input
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except Exception as e:  # noqa: BLE001 - library errors that carry their own advice
-        from .backends import BackendError
-        from .cache import CacheError
-        from .generate import SynthesisError
-        from .views import ViewError
-
-        if isinstance(e, (CacheError, ViewError, SynthesisError, BackendError)):
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        raise
 
 
 if __name__ == "__main__":

@@ -40,6 +40,8 @@ from urllib.parse import urlparse
 
 import numpy as np
 
+from .errors import BackendError  # noqa: F401 - the VLM backend failed; the message says what to do
+
 __all__ = [
     "BACKEND_NAMES",
     "Backend",
@@ -79,10 +81,6 @@ class Prompt:
     text: str
     images: list[tuple[str, np.ndarray]] = field(default_factory=list)
     system: str = ""
-
-
-class BackendError(RuntimeError):
-    """A failure the user can act on; the message says what to do."""
 
 
 class ManualAnswerNeeded(BackendError):

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .errors import NoProgramError
 
 #: the committed cache inside the repository; VLMCAR_REWARD_CACHE overrides it
 DEFAULT_DIR = Path(os.environ.get("VLMCAR_REWARD_CACHE", Path(__file__).resolve().parents[1] / "reward_cache"))
@@ -26,7 +27,7 @@ _UMASK = os.umask(0o022)  # read once (os.umask can only be read by setting it),
 os.umask(_UMASK)
 
 
-class CacheError(RuntimeError):
+class CacheError(NoProgramError):
     """A cache file that cannot be read, or no usable entry; the message names the file or the way out."""
 
 

@@ -60,6 +60,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .errors import BackendError
 from .integrate import RewardHook
 
 __all__ = [
@@ -81,7 +82,7 @@ _MODES = ("binary", "vlmrm")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[A-Za-z0-9][\w.\-]*)?$")
 
 
-class ClipRewardError(RuntimeError):
+class ClipRewardError(BackendError):
     """Bad configuration, unloadable checkpoint or malformed frames for :class:`ClipReward`."""
 
 
@@ -405,36 +406,26 @@ class ClipReward:
 # ----------------------------------------------------------------------------------------------------------
 # The CLIP reward as a hook for the training scripts (the `clip` variant of --reward)
 # ----------------------------------------------------------------------------------------------------------
-#: goal templates and negatives by environment family, used when the flags leave them unset
-FAMILY_DEFAULTS = {
-    "panda": {
-        "goal_template": "a robot arm on a table that has completed the task: {mission}",
-        "negatives": ("the robot arm is idle and the object is far from the target",
-                      "the robot arm is moving away from the object", "the object fell off the table"),
-        "baseline": "a robot arm on a table",
-    },
-}
-
-
 def make_clip_hook(envs, args, writer=None) -> "ClipRewardHook":
     """A reward hook whose reward is the CLIP reward of each env's rendered frame (one batched forward pass per
     vector step); the environment's own return and success are still logged. Reads args.clip_* fields."""
     import gymnasium as gym
 
-    from .views import family_of
+    from .errors import UnsupportedEnvError
+    from .families import family_of
 
     if not isinstance(envs, gym.vector.SyncVectorEnv):
-        raise ValueError("--reward clip renders each sub-environment: use SyncVectorEnv")
-    defaults = FAMILY_DEFAULTS.get(family_of(envs.envs[0]), {})
+        raise UnsupportedEnvError("--reward clip renders each sub-environment: use SyncVectorEnv")
+    defaults = family_of(envs.envs[0]).clip  # the family's goal template, negatives and baseline text
     base = ClipRewardConfig()
     config = ClipRewardConfig(
         model=getattr(args, "clip_model", base.model),
-        goal_template=getattr(args, "clip_template", None) or defaults.get("goal_template", base.goal_template),
-        negatives=tuple(getattr(args, "clip_negatives", None) or defaults.get("negatives", base.negatives)),
+        goal_template=getattr(args, "clip_template", None) or defaults.goal_template or base.goal_template,
+        negatives=tuple(getattr(args, "clip_negatives", None) or defaults.negatives or base.negatives),
         temperature=getattr(args, "clip_temperature", base.temperature),
         threshold=getattr(args, "clip_threshold", base.threshold),
         mode=getattr(args, "clip_mode", base.mode),
-        baseline=defaults.get("baseline", base.baseline),
+        baseline=defaults.baseline or base.baseline,
         alpha=getattr(args, "clip_alpha", base.alpha),
         fp16=getattr(args, "clip_fp16", False),
     )
@@ -442,13 +433,10 @@ def make_clip_hook(envs, args, writer=None) -> "ClipRewardHook":
 
 
 def _mission_of(view: dict, env) -> str:
-    """The goal text: the episode's MiniGrid mission, or the panda-gym task description."""
-    if "mission" in view:
-        return view["mission"]
-    from .prompts import PANDA_TASKS
+    """The goal text of the current episode, in the env's family's words."""
+    from .families import family_of
 
-    task = type(env.unwrapped.task).__name__ if hasattr(env.unwrapped, "task") else ""
-    return PANDA_TASKS.get(task, task or "complete the task")
+    return family_of(env).mission(env, view)
 
 
 class ClipRewardHook(RewardHook):
@@ -500,7 +488,7 @@ class ClipRewardHook(RewardHook):
             rewards[idx], p_goal[idx] = r, stats["p_goal"]
         return rewards, p_goal
 
-    def step(self, reward, terminations, truncations, infos=None, extra=None):
+    def step(self, reward, terminations, truncations, infos=None, extra=None, obs=None):
         rewards, p_goal = self.clip_rewards()
         self._p_goal.append(p_goal)
         self._rewards.append(rewards)

@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from .errors import ConfinementError, WorkerError  # noqa: F401 - raised here, defined with the other errors
 from .program import RewardProgram, pack, sanitize
 
 log = logging.getLogger(__name__)
@@ -52,18 +53,6 @@ _BOOT = ("import sys; sys.path[:0] = [p for p in sys.argv[1].split(chr(31)) if p
          "from cleanrl_vlmcar._worker import main; main(sys.argv)")
 #: environment variables the worker keeps (thread counts and OpenBLAS CPU settings; never keys or tokens)
 _ENV_KEEP = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "LD_LIBRARY_PATH")
-
-
-class ConfinementError(RuntimeError):
-    """The operating-system confinement asked for (`require_confinement`) is not available on this machine."""
-
-
-class WorkerError(RuntimeError):
-    """The worker did not answer properly: `kind` is "timeout", "crash", "protocol" or "load"."""
-
-    def __init__(self, kind: str, message: str):
-        self.kind = kind
-        super().__init__(message)
 
 
 @dataclass(frozen=True)

@@ -34,28 +34,14 @@ MINIGRID_KEYS = {"a": (0, "turn left"), "d": (1, "turn right"), "w": (2, "forwar
 
 def scripted_expert_env_ids() -> list[str]:
     """Every registered gymnasium id that `--expert-source expert` can verify against (a scripted expert exists)."""
-    import gymnasium as gym
-    import minigrid  # noqa: F401 - registers the MiniGrid envs
-    import panda_gym  # noqa: F401 - registers the panda-gym envs
+    import importlib
 
-    from .experts.minigrid import SUPPORTED_FAMILIES
+    from .families import families
 
-    ids = []
-    for env_id, spec in sorted(gym.registry.items()):
-        entry = spec.entry_point if isinstance(spec.entry_point, str) else ""
-        if env_id.startswith("MiniGrid-") and entry:
-            module, _, name = entry.partition(":")
-            try:
-                cls = getattr(__import__(module, fromlist=[name]), name)
-            except (ImportError, AttributeError):
-                continue
-            if any(c.__name__ in SUPPORTED_FAMILIES for c in cls.__mro__):
-                ids.append(env_id)
-        elif env_id.startswith("Panda") and "Joints" not in env_id and "Dense" not in env_id and \
-                any(t in env_id for t in ("Reach", "Push", "Slide", "PickAndPlace")) and \
-                not any(t in env_id for t in ("Flip", "Stack")):
-            ids.append(env_id)
-    return ids
+    for family in families():
+        for module in family.env_modules:  # registers the family's ids
+            importlib.import_module(module)
+    return [env_id for family in families() for env_id in family.expert_env_ids()]
 
 
 def save_demos(path: str | Path, episodes: list[tuple[int, Iterable]]) -> Path:
@@ -154,20 +140,9 @@ def record_policy(env_id: str, policy: str, episodes: int, seed: int = 0) -> lis
     pol = make_policy(policy if ":" in policy or policy in ("random", "expert") else f"policy:{policy}", env)
     out = []
     for s in range(seed, seed + episodes):
-        first_view = "state" if _has_view(env, "state") else "pixels"
-        traj = rollout(env, pol, s, [first_view], stop_on_success=True)
+        traj = rollout(env, pol, s, [], stop_on_success=True)  # actions and success only: no view needed
         out.append((s, [a for a in traj.actions], bool(traj.success)))
     return out
-
-
-def _has_view(env, view: str) -> bool:
-    from .views import ViewError, get_spec
-
-    try:
-        get_spec(env, view)
-        return True
-    except ViewError:
-        return False
 
 
 def read_action_lists(path: str | Path) -> list[tuple[int, list]]:
@@ -190,8 +165,7 @@ def replay_success(env_id: str, episodes: list[tuple[int, list]]) -> list[bool]:
     from .trajectories import make_env, rollout
 
     env = make_env(env_id)
-    view = "state" if _has_view(env, "state") else "pixels"
-    return [bool(rollout(env, None, s, [view], stop_on_success=False, actions=np.asarray(a)).success)
+    return [bool(rollout(env, None, s, [], stop_on_success=False, actions=np.asarray(a)).success)
             for s, a in episodes]
 
 

@@ -200,7 +200,7 @@ def add_evaluate_parser(sub) -> None:
     p = sub.add_parser("evaluate", help="skill curve and precision/recall of reward variants")
     p.add_argument("--env-id", required=True)
     p.add_argument("--rewards", nargs="+", default=["sparse", "vlmcar"], choices=["sparse", "vlmcar", "clip"])
-    p.add_argument("--view", default="state", choices=["state", "pixels"], help="view of the vlmcar program")
+    p.add_argument("--view", default="state", help="view of the vlmcar program (state, pixels, or obs for the generic family)")
     p.add_argument("--n", type=int, default=20, help="episodes per policy (default %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--bonus", type=float, default=1.0, help="vlmcar bonus per sub-task")

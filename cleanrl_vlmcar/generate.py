@@ -8,26 +8,28 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
-from . import cache, prompts
+from . import cache, families, prompts
+from .errors import NoProgramError, UsageError
 from .backends import (BACKEND_NAMES, Backend, BackendError, ManualAnswerNeeded, ManualBackend, Prompt, image_to_png,
                        make_backend)
 from .program import ProgramError, RewardProgram, extract_program, load_program
 from .trajectories import DEFAULT_CACHE, Trajectory, TrajectoryStore, collect, load_demos, make_env, rollout
 from .verify import (DEFAULT_N, EXPERT_THRESHOLD, MIN_AGREEMENT, RANDOM_MARGIN, RANDOM_THRESHOLD, VerifyReport,
                      VerifySettings, file_sha256, settings_from_args, verification_sets, verify_sets)
-from .views import ViewSpec, family_of, get_spec
+from .views import ViewSpec, get_spec
 
 DEFAULT_ROUNDS = 3
 
 
-class SynthesisError(RuntimeError):
+class SynthesisError(NoProgramError):
     """No verified program could be produced or found; the message says what to do."""
 
 
@@ -46,14 +48,8 @@ def no_program_message(env_id: str, view: str, cache_dir: str | Path | None = No
 # Prompts
 # ----------------------------------------------------------------------------------------------------------
 def task_text(env) -> tuple[str, str]:
-    """The task and a note on how it varies, from the env (MiniGrid mission) or the family's table (panda-gym)."""
-    family = family_of(env)
-    if family == "minigrid":
-        return env.unwrapped.mission, prompts.MINIGRID_TASK_NOTE
-    if family == "panda":
-        name = type(env.unwrapped.task).__name__
-        return prompts.PANDA_TASKS.get(name, name), prompts.PANDA_TASK_NOTE
-    return env.spec.id, ""
+    """The task and a note on how it varies, from the env's family (after `env.reset()`)."""
+    return families.family_of(env).task(env)
 
 
 def prompt_images(expert: Trajectory, view: str) -> list[tuple[str, np.ndarray]]:
@@ -139,6 +135,7 @@ class SynthesisConfig:
     margin: float = RANDOM_MARGIN
     min_agreement: float = MIN_AGREEMENT
     max_check_us: float | None = None
+    view_doc: str | None = None  # the user's description of the view, added to its documentation in the prompt
 
     def verify_settings(self) -> VerifySettings:
         return VerifySettings(n=self.n, seed=self.seed, expert_threshold=self.expert_threshold,
@@ -153,18 +150,24 @@ def _log(msg: str, progress: bool) -> None:
         print(msg, file=sys.stderr, flush=True)
 
 
-def synthesize(env_id: str, view: str, backend: Backend, config: SynthesisConfig | None = None) -> SynthesisResult:
+def synthesize(env_id: str, view: str, backend: Backend, config: SynthesisConfig | None = None, *,
+               first_prompt_text: Callable[[str, str, str], str] | None = None,
+               record: dict | None = None) -> SynthesisResult:
     """Generate, verify and repair a reward program for (env id, view); every round is kept in the cache entry.
 
     A finished synthesis with the same content key is returned from the cache without calling the backend. An
     interrupted one (a backend error, or a manual answer still to be written) is saved as incomplete and resumed
-    from its recorded answers on the next call.
+    from its recorded answers on the next call. `first_prompt_text(task, task_note, view_doc)` replaces the first
+    round's prompt text (the `refine` stage); `record` adds fields to the new entry (e.g. its parent).
     """
     cfg = config or SynthesisConfig()
     if cfg.rounds < 1:
         raise ValueError("--rounds must be at least 1")
     env = make_env(env_id)
     spec = get_spec(env, view)
+    if cfg.view_doc:
+        spec = dataclasses.replace(spec, notes=(spec.notes + "\n\n" if spec.notes else "")
+                                   + "What the values mean (the user's description):\n\n" + cfg.view_doc.strip())
     if backend.name == "cache":  # replay only: the newest verified entry for (env id, view); no model, no rollouts
         found = cache.lookup(env_id, view, cfg.reward_cache)
         if found is None:
@@ -197,6 +200,8 @@ def synthesize(env_id: str, view: str, backend: Backend, config: SynthesisConfig
     task, note = task_text(env)
     images = prompt_images(expert[0], view)
     prompt1 = first_prompt(env_id, task, note, spec, images, cfg.n, cfg.expert_threshold, cfg.random_threshold)
+    if first_prompt_text is not None:
+        prompt1 = Prompt(text=first_prompt_text(task, note, spec.doc()), images=list(images), system=prompts.SYSTEM)
     settings = {**backend.settings(), "rounds": cfg.rounds, "n": cfg.n, "seed": cfg.seed,
                 "expert_threshold": cfg.expert_threshold, "random_threshold": cfg.random_threshold,
                 "expert_source": cfg.expert_source}
@@ -223,6 +228,7 @@ def synthesize(env_id: str, view: str, backend: Backend, config: SynthesisConfig
         "report": None, "complete": False,
         "expert": {"n": len(expert), "dropped": dropped, "seeds": [t.seed for t in expert]},
         "random": {"n": len(random), "seeds": [t.seed for t in random]},
+        **(record or {}),
     }
     vsettings = cfg.verify_settings()
     entry["verification"] = vsettings.to_dict()
@@ -333,6 +339,21 @@ def backend_from_args(args) -> Backend:
                         device=args.vlm_device, manual_dir=args.manual_dir)
 
 
+def read_view_doc(path: str | None) -> str | None:
+    """The text of a `--view-doc` file (at most 20,000 characters), or None."""
+    if not path:
+        return None
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise UsageError(f"cannot read --view-doc {path}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"--view-doc {path} is not UTF-8 text") from None
+    if len(text) > 20_000:
+        raise UsageError(f"--view-doc {path} has {len(text)} characters; keep the description under 20,000")
+    return text
+
+
 def cmd_synthesize(args) -> int:
     backend = backend_from_args(args)
     vs, _ = settings_from_args(args)
@@ -341,7 +362,7 @@ def cmd_synthesize(args) -> int:
                           holdout=vs.holdout, margin=vs.margin, min_agreement=vs.min_agreement,
                           max_check_us=vs.max_check_us, traj_cache=args.cache_dir, reward_cache=args.reward_cache,
                           verify_timeout=args.verify_timeout, memory_mb=args.memory_mb, force=args.force,
-                          require_confinement=args.require_confinement)
+                          require_confinement=args.require_confinement, view_doc=read_view_doc(args.view_doc))
     try:
         result = synthesize(args.env_id, args.view, backend, cfg)
     except ManualAnswerNeeded as e:
@@ -359,10 +380,13 @@ def cmd_synthesize(args) -> int:
 def add_synthesize_parser(sub, add_verify_flags) -> None:
     p = sub.add_parser("synthesize", help="generate, verify and repair a reward program with a VLM")
     p.add_argument("--env-id", required=True)
-    p.add_argument("--view", default="state", choices=["state", "pixels"])
+    p.add_argument("--view", default="state", help="the view programs read: state or pixels (MiniGrid, panda-gym), obs or pixels (any other environment)")
     p.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS, help="generate/feedback rounds (default %(default)s)")
     p.add_argument("--reward-cache", default=None, help="reward cache folder (default: the repo's reward_cache/)")
     p.add_argument("--force", action="store_true", help="synthesize again even when the cache has this entry")
+    p.add_argument("--view-doc", default=None, metavar="FILE",
+                   help="a text file describing what the view's values mean (for environments of the generic family, "
+                        "whose views are documented only from the observation space)")
     add_backend_flags(p)
     add_verify_flags(p)
     p.set_defaults(func=cmd_synthesize)

@@ -26,9 +26,11 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from .confine import DEFAULT_MEMORY_MB, WorkerError
+from .confine import DEFAULT_MEMORY_MB, ProgramWorker, WorkerError
+from .errors import UsageError
+from .families import env_success
 from .program import RewardProgram, advance, completion_steps, load_program  # noqa: F401 - re-exported
-from .views import ViewAdapter, ViewError, make_view
+from .views import ViewAdapter, make_view
 
 log = logging.getLogger(__name__)
 
@@ -68,24 +70,24 @@ class ViewInfoWrapper(gym.Wrapper):
 
     def reset(self, **kwargs):
         obs, info = self.env.reset(**kwargs)
-        info[VIEW_INFO_KEY] = _Box(self.adapter.reset())
+        info[VIEW_INFO_KEY] = _Box(self.adapter.reset(obs, info))
         return obs, info
 
     def step(self, action):
         obs, reward, terminated, truncated, info = self.env.step(action)
-        info[VIEW_INFO_KEY] = _Box(self.adapter.step())
+        info[VIEW_INFO_KEY] = _Box(self.adapter.step(obs, info))
         return obs, reward, terminated, truncated, info
 
 
 def check_shaping(shaping: str, use_progress: bool, program: RewardProgram) -> None:
     """Reject a shaping configuration that cannot work, saying which flag to change."""
     if shaping not in SHAPINGS:
-        raise ValueError(f"unknown shaping {shaping!r}; choose one of {', '.join(SHAPINGS)}")
+        raise UsageError(f"unknown shaping {shaping!r}; choose one of {', '.join(SHAPINGS)}")
     if use_progress and shaping != "potential":
-        raise ValueError("dense progress (progress_k functions) is used through a potential: pass --shaping potential "
+        raise UsageError("dense progress (progress_k functions) is used through a potential: pass --shaping potential "
                          "with --use-progress")
     if use_progress and not program.has_progress:
-        raise ValueError("--use-progress was asked for, but the program defines no progress_k functions")
+        raise UsageError("--use-progress was asked for, but the program defines no progress_k functions")
 
 
 class EpisodeProgress:
@@ -150,7 +152,7 @@ class ProgramRunner:
             per_step = num_envs * program.num_subtasks * (program.us_per_check or 0.0) * 1e-6
             deadline_s = max(MIN_DEADLINE_S, DEADLINE_FACTOR * per_step)
         self.deadline_s, self.max_failed_replies = float(deadline_s), max_failed_replies
-        self.worker = program.worker(require_confinement=require_confinement, memory_mb=memory_mb,
+        self.worker = ProgramWorker(program, require_confinement=require_confinement, memory_mb=memory_mb,
                                      wake_early_s=wake_early_s)
         self.starts: list[Any] = [None] * num_envs
         self._resend: set[int] = set()
@@ -271,18 +273,25 @@ class RewardHook:
 
     def __init__(self, program: RewardProgram | None, envs: gym.vector.VectorEnv, view: str = "state",
                  bonus: float = 1.0, shaping: str = "bonus", gamma: float = 0.99, use_progress: bool = False,
-                 writer=None, window: int = 100, deadline_s: float | None = None, require_confinement: bool = False):
+                 writer=None, window: int = 100, deadline_s: float | None = None, require_confinement: bool = False,
+                 success=None):
         if program is not None:
             check_shaping(shaping, use_progress, program)
         mode = envs.metadata.get("autoreset_mode", gym.vector.AutoresetMode.NEXT_STEP)
         if mode not in (gym.vector.AutoresetMode.NEXT_STEP, "NextStep", "next_step"):
-            raise ValueError(f"the reward hook needs gymnasium's default next-step autoreset, not {mode}")
+            raise UsageError(f"the reward hook needs gymnasium's default next-step autoreset, not {mode}")
         self.program, self.num_envs, self.view = program, envs.num_envs, view
+        if success is None:  # the env family's own success rule (Async: the common rule unless given)
+            from .families import family_of
+
+            success = family_of(envs.envs[0]).success if isinstance(envs, gym.vector.SyncVectorEnv) else env_success
+        self.success_rule = success
         self.num_subtasks = program.num_subtasks if program is not None else 0
         # Sync: adapters on the sub-envs themselves; Async: views arrive through ViewInfoWrapper in `infos`
         self.adapters: list[ViewAdapter] | None = None
         if program is not None and isinstance(envs, gym.vector.SyncVectorEnv):
             self.adapters = [make_view(env, view) for env in envs.envs]
+        self._needs_obs = self.adapters is not None and any(a.needs_obs for a in self.adapters)
         self.runner = ProgramRunner(program, self.num_envs, use_progress, deadline_s, require_confinement) \
             if program is not None else None
         self.progress = [EpisodeProgress(self.num_subtasks, bonus, shaping, gamma, use_progress)
@@ -333,7 +342,7 @@ class RewardHook:
     def _views_from_infos(self, infos: dict | None) -> list[Any]:
         boxes = None if infos is None else infos.get(VIEW_INFO_KEY)
         if boxes is None:
-            raise ValueError("the reward hook cannot reach the sub-environments of this vector env: wrap each env "
+            raise UsageError("the reward hook cannot reach the sub-environments of this vector env: wrap each env "
                              "with cleanrl_vlmcar.integrate.ViewInfoWrapper(env, view) in make_env, or use "
                              "SyncVectorEnv")
         return [b.view if b is not None else None for b in boxes]
@@ -342,14 +351,27 @@ class RewardHook:
         self._shaped_return[i] = self._env_return[i] = 0.0
         self._length[i] = 0
 
-    def reset(self, infos: dict | None = None) -> None:
-        """Call after `envs.reset()`: every environment starts a new episode."""
+    def _views(self, infos: dict | None, obs: Any, reset: list[bool]) -> list[Any]:
+        """Every env's view: from the adapters (Sync; those that need it get the env's own obs and info) or from
+        `infos` (Async with ViewInfoWrapper)."""
+        if self.adapters is None:
+            return self._views_from_infos(infos)
+        if not self._needs_obs:
+            return [a.reset() if r else a.step() for a, r in zip(self.adapters, reset)]
+        views = []
+        for i, (a, r) in enumerate(zip(self.adapters, reset)):
+            o, info = env_slice(obs, infos, i)
+            views.append(a.reset(o, info) if r else a.step(o, info))
+        return views
+
+    def reset(self, infos: dict | None = None, obs: Any = None) -> None:
+        """Call after `envs.reset()` (which returned `obs`, `infos`): every environment starts a new episode."""
         if self._pending is not None:  # the answer to a step that the reset discards: read and dropped
             self._pending = None
             self.runner.collect()
         self._delayed = None
         if self.program is not None:
-            views = [a.reset() for a in self.adapters] if self.adapters is not None else self._views_from_infos(infos)
+            views = self._views(infos, obs, [True] * self.num_envs)
             answer = self.runner.step([(i, -1, v) for i, v in enumerate(views)])
             for i in range(self.num_envs):
                 self.progress[i].begin(answer[1][i] if answer is not None else 0.0)
@@ -358,28 +380,29 @@ class RewardHook:
         self._autoreset = [False] * self.num_envs
 
     def step(self, reward: np.ndarray, terminations: np.ndarray, truncations: np.ndarray,
-             infos: dict | None = None, extra: np.ndarray | None = None) -> np.ndarray:
+             infos: dict | None = None, extra: np.ndarray | None = None, obs: Any = None) -> np.ndarray:
         """Shaped rewards for one vector step (environment reward + bonuses [+ `extra`, e.g. another reward
-        model's term, added outside autoreset steps])."""
+        model's term, added outside autoreset steps]). `obs`, the step's observations, is needed only by views
+        built from them (the generic family's `obs` view)."""
         if self.program is None and extra is None:
             return self._step_sparse(reward, terminations, truncations, infos)
         if self._pending is not None:  # a step sent by `submit` is booked first
             self.flush()
-        pending = self._send(reward, terminations, truncations, infos, extra)
+        pending = self._send(reward, terminations, truncations, infos, extra, obs)
         return self._book(pending, self.runner.collect() if self.runner is not None else None)
 
     def submit(self, reward: np.ndarray, terminations: np.ndarray, truncations: np.ndarray,
-               infos: dict | None = None) -> np.ndarray | None:
+               infos: dict | None = None, obs: Any = None) -> np.ndarray | None:
         """`step`, pipelined: send this vector step's views to the worker and return at once with the shaped
         rewards of the step submitted before (None on the first step after `reset` or `flush`). The program
         checks while the rollout goes on, so its cost hides behind the next policy forward and env step. Call
         `flush()` for the last step's shaped rewards before using the rollout. Rewards, bonuses, episodes and
         logs are exactly those of `step`, one step later."""
         if self.runner is None:  # nothing to wait for: the same answers, delayed to keep one calling convention
-            shaped, self._delayed = self._delayed, self.step(reward, terminations, truncations, infos)
+            shaped, self._delayed = self._delayed, self.step(reward, terminations, truncations, infos, obs=obs)
             return shaped
         shaped = self.flush()
-        self._pending = self._send(reward, terminations, truncations, infos, None)
+        self._pending = self._send(reward, terminations, truncations, infos, None, obs)
         return shaped
 
     def flush(self) -> np.ndarray | None:
@@ -390,14 +413,11 @@ class RewardHook:
         pending, self._pending = self._pending, None
         return None if pending is None else self._book(pending, self.runner.collect())
 
-    def _send(self, reward, terminations, truncations, infos, extra) -> tuple:
+    def _send(self, reward, terminations, truncations, infos, extra, obs=None) -> tuple:
         """Compute this step's views and send them to the worker; what `_book` needs to finish the step."""
         if self.program is not None:  # one message to the worker for the whole vector step
             autoreset = self._autoreset
-            if self.adapters is not None:
-                views = [a.reset() if r else a.step() for a, r in zip(self.adapters, autoreset)]
-            else:
-                views = self._views_from_infos(infos)
+            views = self._views(infos, obs, autoreset)
             self.runner.submit([(i, -1 if autoreset[i] else p.next_subtask, views[i])
                                 for i, p in enumerate(self.progress)])
         return reward, terminations, truncations, infos, extra
@@ -438,7 +458,7 @@ class RewardHook:
                 n_done = self.progress[i].next_subtask if program is not None else 0
                 self.episodes.append(EpisodeRecord(
                     i, n_done, program is not None and n_done == self.num_subtasks, self._shaped_return[i],
-                    self._env_return[i], self._length[i], episode_success(i, rewards[i], terminated[i], infos)))
+                    self._env_return[i], self._length[i], episode_success(i, rewards[i], terminated[i], infos, self.success_rule)))
         self._autoreset = done
         self.env_reward, self.bonus = np.array(rewards), np.array(bonus)
         if self.episodes:
@@ -474,7 +494,7 @@ class RewardHook:
             for i in np.nonzero(done & ~self._autoreset)[0]:
                 self.episodes.append(EpisodeRecord(int(i), 0, False, float(self._env_return[i]),
                                                    float(self._env_return[i]), int(self._length[i]),
-                                                   episode_success(i, rewards[i], bool(terminations[i]), infos)))
+                                                   episode_success(i, rewards[i], bool(terminations[i]), infos, self.success_rule)))
             if self.episodes:
                 self._record_episodes()
         self._autoreset = done
@@ -545,14 +565,32 @@ class RewardHook:
         self._warned = total
 
 
-def episode_success(i: int, reward: float, terminated: bool, infos: dict | None) -> bool:
-    """The environment's own success for env `i` at the end of an episode: `info["is_success"]` where the env
-    reports it (panda-gym), else termination with a positive reward (MiniGrid)."""
+def episode_success(i: int, reward: float, terminated: bool, infos: dict | None, rule=env_success) -> bool:
+    """The environment's own success for env `i` of a vector env at the end of an episode, by its family's `rule`
+    (`rule(reward, terminated, info)`; see cleanrl_vlmcar.families)."""
+    info = {}
     if infos and "is_success" in infos:
         mask = infos.get("_is_success")
         if mask is None or mask[i]:
-            return bool(infos["is_success"][i])
-    return bool(terminated and reward > 0)
+            info["is_success"] = infos["is_success"][i]
+    return bool(rule(reward, terminated, info))
+
+
+def env_slice(obs: Any, infos: dict | None, i: int) -> tuple[Any, dict]:
+    """Env `i`'s observation and info out of a vector env's batched ones (info entries without their `_key`
+    masks, entries present for env `i` only)."""
+    if isinstance(obs, dict):
+        o = {k: v[i] for k, v in obs.items()}
+    else:
+        o = None if obs is None else obs[i]
+    info = {}
+    for key, value in (infos or {}).items():
+        if key.startswith("_") or key == VIEW_INFO_KEY or isinstance(value, dict):
+            continue
+        mask = infos.get("_" + key)
+        if mask is None or mask[i]:
+            info[key] = value[i]
+    return o, info
 
 
 class VLMCaRRewardWrapper(gym.Wrapper):
@@ -572,13 +610,13 @@ class VLMCaRRewardWrapper(gym.Wrapper):
 
     def reset(self, **kwargs):
         obs, info = self.env.reset(**kwargs)
-        answer = self.runner.step([(0, -1, self.adapter.reset())])
+        answer = self.runner.step([(0, -1, self.adapter.reset(obs, info))])
         self.progress.begin(answer[1][0] if answer is not None else 0.0)
         return obs, info
 
     def step(self, action):
         obs, reward, terminated, truncated, info = self.env.step(action)
-        answer = self.runner.step([(0, self.progress.next_subtask, self.adapter.step())])
+        answer = self.runner.step([(0, self.progress.next_subtask, self.adapter.step(obs, info))])
         k, new_k, bonus = self.progress.step(int(answer[0][0]), answer[1][0], bool(terminated)) \
             if answer is not None else self.progress.hold()
         info = dict(info)
@@ -590,96 +628,3 @@ class VLMCaRRewardWrapper(gym.Wrapper):
     def close(self):
         self.runner.close()
         super().close()
-
-
-REWARDS = ("sparse", "vlmcar", "clip")
-
-
-def program_for_run(args: Any):
-    """The reward program a training run uses: `args.reward_program` (a file, verified now with the default
-    settings) or the newest verified cache entry (or a new synthesis with `args.vlm`)."""
-    from .generate import reward_program
-    from .verify import verify_env
-
-    view = getattr(args, "view", "state")
-    path = getattr(args, "reward_program", None)
-    if path:
-        from .trajectories import make_env
-        from .views import get_spec
-
-        try:
-            source = open(path).read()
-        except OSError as e:
-            raise ValueError(f"cannot read --reward-program {path}: {e.strerror}") from None
-        program = load_program(source, get_spec(make_env(args.env_id), view).constants(), name=str(path))
-        report = verify_env(source, args.env_id, view, progress=False,
-                            require_confinement=getattr(args, "require_confinement", False))
-        if not report.passed:
-            raise ValueError(f"--reward-program {path} failed verification; fix it or train on a verified program:"
-                             f"\n{report.to_text()}")
-        log.info("%s passed verification (%d expert and %d random trajectories)", path, report.expert_n,
-                 report.random_n)
-        program.cache_path = path
-        program.us_per_check = max((s.us_per_call or 0.0 for s in report.subtasks), default=None)
-        return program
-    backend_kwargs = {k: v for k, v in (("model", getattr(args, "vlm_model", "")),
-                                        ("base_url", getattr(args, "vlm_base_url", None))) if v}
-    try:
-        return reward_program(args.env_id, view, getattr(args, "vlm", None), **backend_kwargs)
-    except ViewError as e:
-        raise ViewError(f"{e} (or train on the environment's own reward with --reward sparse)") from None
-
-
-def record_program(program: RewardProgram, writer=None) -> None:
-    """Say which reward program a run uses: printed at startup, and with a TensorBoard `writer`, in its text tab and in
-    the run's args.json (`vlmcar_program`: file, cache key, sub-tasks)."""
-    import json
-    from pathlib import Path
-
-    path = str(program.cache_path or program.name)
-    key = Path(path).stem.split("__")[2] if Path(path).stem.count("__") >= 2 else ""
-    info = {"file": path, "cache_key": key, "subtasks": program.subtasks}
-    print(f"VLM-CaR reward program: {path}" + (f" (cache key {key})" if key else "") + "\n" + program.summary(),
-          flush=True)
-    if writer is None:
-        return
-    writer.add_text("vlmcar/reward_program", f"`{path}`\n\n" + "\n".join(f"{i}. {s}" for i, s in
-                                                                       enumerate(program.subtasks, 1)))
-    args_json = Path(writer.log_dir) / "args.json"
-    if args_json.exists():
-        recorded = json.loads(args_json.read_text())
-        recorded["vlmcar_program"] = info
-        args_json.write_text(json.dumps(recorded, indent=2))
-
-
-def make_reward_hook(envs: gym.vector.VectorEnv, args: Any, writer=None, infos: dict | None = None):
-    """The one startup call of the training scripts: a reward hook for `args.reward`, after `envs.reset()`.
-
-    Reads these fields of `args` (missing ones take the defaults shown): reward ("vlmcar"), env_id, view
-    ("state"), reward_program (None: the cached verified program), vlm (None: the cached verified program only),
-    vlm_model (""), vlm_base_url (None), bonus (1.0), shaping ("bonus"), gamma (0.99), use_progress (False),
-    require_confinement (False), and for `clip` the clip_* fields. Fails before training, with a message that says
-    what to do, when no verified program exists or the env/view is not supported.
-    """
-    kind = getattr(args, "reward", "vlmcar")
-    if kind not in REWARDS:
-        raise ValueError(f"unknown --reward {kind!r}; choose one of {', '.join(REWARDS)}")
-    if getattr(args, "reward_program", None) and kind != "vlmcar":
-        raise ValueError("--reward-program is a VLM-CaR program: use it with --reward vlmcar")
-    if kind == "clip":
-        from .clip_reward import make_clip_hook
-
-        hook = make_clip_hook(envs, args, writer)
-        hook.reset(infos)
-        return hook
-    program = None
-    view = getattr(args, "view", "state")
-    if kind == "vlmcar":
-        program = program_for_run(args)
-        record_program(program, writer)
-    hook = RewardHook(program, envs, view=view, bonus=getattr(args, "bonus", 1.0),
-                      shaping=getattr(args, "shaping", "bonus"), gamma=getattr(args, "gamma", 0.99),
-                      use_progress=getattr(args, "use_progress", False), writer=writer,
-                      require_confinement=getattr(args, "require_confinement", False))
-    hook.reset(infos)
-    return hook

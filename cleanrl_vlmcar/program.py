@@ -29,6 +29,8 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
+from .errors import NoProgramError
+
 # ----------------------------------------------------------------------------------------------------------
 # The rules
 # ----------------------------------------------------------------------------------------------------------
@@ -106,7 +108,7 @@ def sanitize(text: Any, max_len: int = 2000, single_line: bool = False) -> str:
     return out if len(out) <= max_len else out[: max_len - 1] + "…"
 
 
-class ProgramError(ValueError):
+class ProgramError(NoProgramError, ValueError):
     """A reward program that is malformed or unsafe. `problems` lists (line, reason) pairs."""
 
     def __init__(self, problems: list[tuple[int, str]], name: str = "<program>"):
@@ -447,12 +449,6 @@ class RewardProgram:
     @property
     def has_progress(self) -> bool:
         return any(self.info.has_progress)
-
-    def worker(self, **kwargs):
-        """A confined worker running this program (see `cleanrl_vlmcar.confine.ProgramWorker` for the options)."""
-        from .confine import ProgramWorker
-
-        return ProgramWorker(self, **kwargs)
 
     def summary(self) -> str:
         lines = [f"{self.num_subtasks} sub-task(s):"]

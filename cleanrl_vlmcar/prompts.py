@@ -11,17 +11,6 @@ SYSTEM = (
     "programs that read an environment's observation and decide which sub-tasks of a task are done."
 )
 
-#: task texts for families whose environments carry no mission string
-PANDA_TASKS = {
-    "Reach": "move the robot's gripper (end-effector) to the target position, shown as a small translucent green sphere",
-    "Push": "push the cube across the table to the target position, shown as a translucent green cube; the gripper "
-            "is kept closed, so the cube can only be pushed",
-    "Slide": "slide the puck across the table to the target position, shown as a translucent green disc; the puck is "
-             "struck or pushed by the gripper and slides on",
-    "PickAndPlace": "pick up the cube with the gripper and place it at the target position, shown as a translucent "
-                    "green cube, which may be in the air above the table",
-}
-
 PROGRAM_FORMAT = '''```python
 import numpy as np   # optional: `np` and `math` are provided
 
@@ -114,8 +103,51 @@ task.{extra_images}
 # Answer
 Find the cause in the report, then give the whole corrected program in exactly one ```python code block."""
 
-MINIGRID_TASK_NOTE = (
-    "This is the mission of this episode. Other episodes have other layouts, colours and objects: read the "
-    "mission from `obs[\"mission\"]` and positions from the observation rather than hard-coding them."
-)
-PANDA_TASK_NOTE = "Positions are random in every episode: read them from the observation, never hard-code them."
+REFINE = """# Task
+Write reward code for a reinforcement-learning agent in the environment `{env_id}`.
+
+The task: **{task}**
+{task_note}
+The first image is the initial frame of an episode, the second the frame where an expert has just completed the
+task.
+
+# The current reward program
+This program passed verification, and an agent was trained with its sub-tasks paid as reward bonuses (run
+`{run}`, {steps} environment steps):
+```python
+{current_program}
+```
+
+# What the agent learned
+Fraction of recent training episodes that completed each sub-task (a sub-task counts only after every earlier
+one), at the end of training and at its best:
+
+{summary_table}
+
+Over training (global step -> fraction of recent episodes):
+
+{curves_table}
+
+{stall}
+
+# What to do
+Refine the decomposition so that the agent can learn the whole task (reward reflection):
+1. Keep the sub-tasks the agent has learned, and their checks, unless a check is wrong.
+2. Where progress stalls, make the step smaller: insert an intermediate sub-task before the stalled one (a state
+   the agent passes through on the way to it and can reach more often, for instance standing next to or facing
+   the object it must use), or split the stalled sub-task into two.
+3. The last sub-task stays the whole task completed. Keep the list short (at most about 6 sub-tasks).
+4. The refined program is verified like any other: every check must hold in expert episodes, in order.
+
+# What your code reads
+{view_doc}
+
+# Program format
+{program_format}
+
+# Rules
+{rules}
+
+# Answer
+First list the refined sub-tasks in one line each, marking the new or changed ones, then give the whole program in
+exactly one ```python code block."""

@@ -22,6 +22,8 @@ from typing import Iterable
 import gymnasium as gym
 import numpy as np
 
+from . import families
+from .families import family_of
 from .views import make_view
 
 DEFAULT_CACHE = Path(os.environ.get("VLMCAR_CACHE", ".vlmcar"))
@@ -63,20 +65,9 @@ class RandomPolicy:
 
 
 def make_expert(env: gym.Env):
-    """The scripted expert for this env's family, or ValueError saying which families have one."""
-    from .experts import minigrid as mg_expert
-    from .experts import panda as panda_expert
-
-    if mg_expert.supports(env):
-        return mg_expert.MiniGridExpert(env)
-    if panda_expert.supports(env):
-        return panda_expert.PandaExpert(env)
-    from .demos import scripted_expert_env_ids
-
-    raise ValueError(f"no scripted expert for {env.spec.id if env.spec else env}. Scripted experts exist for: "
-                     + ", ".join(scripted_expert_env_ids()) + ". Record demonstrations instead (python -m "
-                     "cleanrl_vlmcar record-demos --env-id ENV --keyboard|--policy PATH|--actions FILE.json --out "
-                     "demos.npz) and pass --expert-source demos --demos demos.npz.")
+    """The scripted expert of this env's family, or UnsupportedEnvError saying which envs have one and how to
+    record demonstrations instead."""
+    return family_of(env).make_expert(env)
 
 
 class ExpertPolicy:
@@ -176,32 +167,16 @@ def policy_key(name: str) -> str:
 # ----------------------------------------------------------------------------------------------------------
 # Rollouts
 # ----------------------------------------------------------------------------------------------------------
-def _success(reward: float, terminated: bool, info: dict) -> bool:
-    if "is_success" in info:
-        return bool(info["is_success"])
-    return bool(terminated and reward > 0)
-
-
-def _frame(env: gym.Env) -> np.ndarray | None:
-    u = env.unwrapped
-    if hasattr(u, "get_frame"):  # MiniGrid: the full grid, no field-of-view highlight
-        return u.get_frame(highlight=False, tile_size=32)
-    try:
-        frame = env.render()
-    except Exception:  # noqa: BLE001 - frames are optional
-        return None
-    return None if frame is None else np.asarray(frame)[..., :3].astype(np.uint8)
-
-
 def rollout(env: gym.Env, policy, seed: int, views: Iterable[str], stop_on_success: bool,
             actions: np.ndarray | None = None, frames: bool = False) -> Trajectory:
     """Run one episode from `seed` with `policy` (or replay `actions`), recording views."""
     adapters = {v: make_view(env, v) for v in views}
+    family = family_of(env)
     obs, info = env.reset(seed=seed)
     if policy is not None:
         policy.reset(env, obs, seed)
-    recorded = {v: [a.reset()] for v, a in adapters.items()}
-    first = _frame(env) if frames else None
+    recorded = {v: [a.reset(obs, info)] for v, a in adapters.items()}
+    first = family.frame(env) if frames else None
     acts, rews, success = [], [], False
     t = 0
     while True:
@@ -216,11 +191,11 @@ def rollout(env: gym.Env, policy, seed: int, views: Iterable[str], stop_on_succe
         acts.append(np.asarray(action))
         rews.append(float(reward))
         for v, a in adapters.items():
-            recorded[v].append(a.step())
-        success = success or _success(reward, terminated, info)
+            recorded[v].append(a.step(obs, info))
+        success = success or family.success(reward, terminated, info)
         if terminated or truncated or (stop_on_success and success):
             break
-    last = _frame(env) if frames else None
+    last = family.frame(env) if frames else None
     return Trajectory(env.spec.id if env.spec else "", "", seed, recorded, np.array(acts), np.array(rews, dtype=np.float32),
                       success, [f for f in (first, last) if f is not None])
 
@@ -237,6 +212,9 @@ def _encode_views(views: list[dict], prefix: str, arrays: dict[str, np.ndarray])
         if all(isinstance(x, str) for x in values):
             schema[key] = "str"
             arrays[name] = np.array(values)
+        elif all(isinstance(x, dict) for x in values):  # small dicts of numbers (the generic view's `info`)
+            schema[key] = "json"
+            arrays[name] = np.array([json.dumps(x, sort_keys=True) for x in values])
         elif all(x is None or isinstance(x, tuple) for x in values):
             width = max((len(x) for x in values if x is not None), default=0)
             schema[key] = f"opt_tuple:{width}"
@@ -264,6 +242,8 @@ def _decode_views(schema: dict, prefix: str, data) -> list[dict]:
         arr = data[f"{prefix}{key}"]
         if kind == "str":
             columns[key] = [str(x) for x in arr]
+        elif kind == "json":
+            columns[key] = [json.loads(str(x)) for x in arr]
         elif kind.startswith("opt_tuple"):
             mask = data[f"{prefix}{key}__mask"]
             columns[key] = [tuple(int(v) for v in row) if m else None for row, m in zip(arr, mask)]
@@ -320,15 +300,8 @@ class TrajectoryStore:
 
 
 def make_env(env_id: str) -> gym.Env:
-    """Create an env by id, importing the families that register themselves."""
-    import minigrid  # noqa: F401
-    if env_id.startswith("Panda"):
-        import panda_gym  # noqa: F401
-    try:
-        return gym.make(env_id)
-    except gym.error.Error as e:
-        raise ValueError(f"unknown environment id {env_id!r} ({e}); MiniGrid ids look like "
-                         "MiniGrid-KeyCorridorS3R1-v0, panda-gym ids like PandaPush-v3") from None
+    """Create an env by id, importing the package that registers it (see families.make_env)."""
+    return families.make_env(env_id)
 
 
 def collect(env_id: str, view: str, policy: str, n: int, seed: int = 0, store: TrajectoryStore | None = None,

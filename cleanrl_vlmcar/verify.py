@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .confine import DEFAULT_MEMORY_MB, WalkResult, WorkerError
+from .confine import DEFAULT_MEMORY_MB, ProgramWorker, WalkResult, WorkerError
 from .program import ProgramError, RewardProgram, load_program, sanitize
 from .trajectories import Trajectory
 
@@ -187,7 +187,7 @@ def walk_all(program: RewardProgram, trajectories: list[list[dict]], with_progre
     """Each recorded episode through the program's checks with the hook's in-order rule, one episode per message
     to one confined worker; `timeout_s` bounds the whole run (WorkerError when it is exceeded or the worker dies)."""
     deadline = time.monotonic() + timeout_s
-    with program.worker(memory_mb=memory_mb, cpu_s=max(1, int(timeout_s) + 2), load_timeout_s=timeout_s,
+    with ProgramWorker(program, memory_mb=memory_mb, cpu_s=max(1, int(timeout_s) + 2), load_timeout_s=timeout_s,
                         require_confinement=require_confinement) as worker:
         return [worker.walk(views, with_progress, max(0.0, deadline - time.monotonic())) for views in trajectories]
 
@@ -201,10 +201,11 @@ def describe_view(view: dict) -> str:
     """A compact text rendering of a view for reports (grids as object/colour/state layers)."""
     lines = []
     for key, value in view.items():
-        if isinstance(value, np.ndarray) and value.ndim == 3 and value.shape[2] == 3 and key == "grid":
-            for c, name in enumerate(("object", "color", "state")):
+        if isinstance(value, np.ndarray) and value.ndim == 3 and value.dtype.kind in "iu" and value.shape[2] <= 4 \
+                and value.size <= 4096:  # a small symbolic grid (MiniGrid's): one table per channel
+            for c in range(value.shape[2]):
                 rows = "\n".join("    " + " ".join(f"{int(v):2d}" for v in value[:, y, c]) for y in range(value.shape[1]))
-                lines.append(f"  {key}[:, :, {c}] ({name} index; rows are y, columns are x):\n{rows}")
+                lines.append(f"  {key}[:, :, {c}] (rows are the second index, columns the first):\n{rows}")
         elif isinstance(value, np.ndarray) and value.size > 64:
             lines.append(f"  {key}: array shape {value.shape} dtype {value.dtype}")
         elif isinstance(value, np.ndarray):

@@ -17,8 +17,16 @@ REWARDS_DOC = ROOT / "docs" / "synthesis.md"
 
 
 def render() -> str:
+    """The shipped families' views, then the generic family's views of one example environment (MountainCar-v0; for
+    any other environment they are built from its observation space)."""
+    from cleanrl_vlmcar.families import get_family, make_env
+
+    example = get_family("generic").specs(make_env("MountainCar-v0"))
+    docs = [spec.doc() for spec in all_specs()] + [spec.doc() + "\n\n(Shown for MountainCar-v0; for another "
+                                                   "environment the table follows its observation space.)"
+                                                   for spec in example.values()]
     # the views' own headings are `###`; on docs/views.md they sit right under the page title
-    return re.sub(r"^### ", "## ", "\n\n".join(spec.doc() for spec in all_specs()), flags=re.M)
+    return re.sub(r"^### ", "## ", "\n\n".join(docs), flags=re.M)
 
 
 def render_rewards() -> str:

@@ -333,7 +333,7 @@ def test_except_and_match_bindings_cannot_rebind_reserved_names():
 # ==========================================================================================================
 def test_worker_reports_landlock_seccomp_and_rlimits():
     """On this machine the worker applies Landlock, seccomp, no_new_privs, dropped capabilities and rlimits."""
-    with load_program(prog("return False")).worker(memory_mb=256) as w:
+    with ProgramWorker(load_program(prog("return False")), memory_mb=256) as w:
         c = w.confinement
     if not c.landlock_abi or not c.seccomp:
         pytest.skip(f"this kernel lacks Landlock or seccomp ({c.describe()}); the OS-boundary tests need both")
@@ -535,7 +535,7 @@ def escape_results(tmp_path: Path, attack: bool, **worker_kw) -> tuple[dict, str
     secret = tmp_path / "secret.txt"
     secret.write_text(CANARY)
     (tmp_path / "out").mkdir()
-    with program.worker(memory_mb=256, **worker_kw) as w:
+    with ProgramWorker(program, memory_mb=256, **worker_kw) as w:
         value, error = w.call("subtask", 0, {"canary": str(secret), "out": str(tmp_path / "out"), "attack": attack},
                               {}, timeout_s=10)
     assert value is None and error, "the escape program did not report"
@@ -575,7 +575,7 @@ MULTI = "SUBTASKS = " + repr(ATTACK_NAMES) + "\n" + "".join(
 
 @pytest.fixture(scope="module")
 def multi_worker():
-    w = load_program(MULTI).worker(memory_mb=256)
+    w = ProgramWorker(load_program(MULTI), memory_mb=256)
     yield w
     w.close()
 
@@ -734,7 +734,7 @@ def test_hostile_programs_leave_the_learner_untouched():
 # 6. Purity: no state between calls, no time bombs
 # ==========================================================================================================
 def answers(source: str, n: int = 50, obs=None, start=None) -> list:
-    with load_program(source).worker(memory_mb=256) as w:
+    with ProgramWorker(load_program(source), memory_mb=256) as w:
         obs = obs if obs is not None else {"x": 1.0, "grid": np.zeros((3, 3, 3), dtype=np.uint8)}
         start = start if start is not None else {"x": 0.0, "grid": np.zeros((3, 3, 3), dtype=np.uint8)}
         return [w.call("subtask", 0, obs, start, timeout_s=3) for _ in range(n)]
@@ -759,7 +759,7 @@ def test_start_view_is_read_only_through_an_alias():
     src = prog("g = start['grid']\ng[0, 0, 0] = 9\nreturn True", subtasks='["a", "b"]') + \
         "def subtask_2(obs, start):\n    return int(start['grid'][0, 0, 0]) == 9\n"
     views = [{"grid": np.zeros((3, 3, 3), dtype=np.uint8)} for _ in range(6)]
-    with load_program(src).worker(memory_mb=256) as w:
+    with ProgramWorker(load_program(src), memory_mb=256) as w:
         result = w.walk(views, timeout_s=5)
         assert result.steps == [None, None] and result.exceptions[0] == 5
         assert "read-only" in result.exception_examples[0][1]
@@ -824,7 +824,7 @@ def test_frozen_start_view_cannot_be_made_writable(name):
     except ProgramError:
         return  # refused statically: safe
     views = [{"grid": np.zeros((3, 3, 3), dtype=np.uint8)} for _ in range(6)]
-    with program.worker(memory_mb=256) as w:
+    with ProgramWorker(program, memory_mb=256) as w:
         result = w.walk(views, timeout_s=5)
     assert result.steps[1] is None, result
 
@@ -836,7 +836,7 @@ def test_frozen_start_view_cannot_be_made_writable(name):
 def escape_texts():
     """The error text of a check raising escapes, from worker.call and from verify_program's report."""
     source = prog(ESCAPES)
-    with load_program(source).worker(memory_mb=256) as w:
+    with ProgramWorker(load_program(source), memory_mb=256) as w:
         value, error = w.call("subtask", 0, {}, {}, timeout_s=3)
     assert value is None
     report, _ = verify(source)
@@ -863,7 +863,7 @@ def test_exception_text_cannot_forge_a_standalone_line(escape_texts, where):
 def test_unicode_line_separators_cannot_forge_lines():
     """U+2028 / U+2029 in an exception message do not start a new line in the error text."""
     source = prog("raise ValueError('x\\u2028" + FORGED + "\\u2029" + FORGED + "')")
-    with load_program(source).worker(memory_mb=256) as w:
+    with ProgramWorker(load_program(source), memory_mb=256) as w:
         _, error = w.call("subtask", 0, {}, {}, timeout_s=3)
     assert FORGED not in [line.strip() for line in error.splitlines()]
 

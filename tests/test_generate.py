@@ -605,7 +605,7 @@ def test_unsupported_env_or_view_fails_before_any_work(tmp_path, traj_cache):
     rc = tmp_path / "rc"
     with pytest.raises(ViewError) as ei:
         reward_program("CartPole-v1", "state", reward_cache=rc)
-    assert "CartPole" in str(ei.value) and "minigrid" in str(ei.value)
+    assert "CartPole-v1" in str(ei.value) and "choose one of: obs, pixels" in str(ei.value)
     assert not rc.exists()
 
     fresh = tmp_path / "traj"

@@ -56,7 +56,8 @@ def test_cartpole_sparse_and_save_model(tmp_path):
 def test_vlmcar_on_unsupported_env_says_use_sparse(tmp_path):
     r = run(["--env-id", "CartPole-v1", *TINY], tmp_path)
     assert r.returncode != 0
-    assert "--reward sparse" in r.stderr and "supported families" in r.stderr
+    assert "--reward sparse" in r.stderr and "CartPole-v1 (generic family) has no 'state' view; choose one of: obs, " \
+        "pixels" in r.stderr
 
 
 def test_missing_cached_program_names_the_ways_out(tmp_path):

@@ -8,7 +8,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from cleanrl_vlmcar.confine import WorkerError
+from cleanrl_vlmcar.confine import ProgramWorker, WorkerError
 from cleanrl_vlmcar.program import ProgramError, check_source, extract_program, load_program
 
 GOOD = textwrap.dedent(
@@ -40,7 +40,7 @@ def prog(body: str, subtasks: str = '["do it"]') -> str:
 
 def run(source, calls, constants=None):
     """[(value, error)] of each (kind, k, obs, start) call, in one confined worker."""
-    with load_program(source, constants).worker() as w:
+    with ProgramWorker(load_program(source, constants)) as w:
         return [w.call(kind, k, obs, start) for kind, k, obs, start in calls]
 
 
@@ -169,7 +169,7 @@ def test_non_string_source_rejected():
 def test_module_level_failure_is_reported_when_the_worker_loads_it():
     p = load_program("X = 1 / 0\n" + prog("return True"))  # statically fine: constant arithmetic
     with pytest.raises(WorkerError, match="ZeroDivisionError") as err:
-        p.worker()
+        ProgramWorker(p)
     assert err.value.kind == "load"
 
 
@@ -282,7 +282,7 @@ def test_runtime_import_allows_only_numpy_and_math():
     ("raise ValueError(10 ** 5000)", "ValueError"),
 ])
 def test_runtime_failures_are_errors_for_verification_and_false_for_the_hook(body, kind):
-    with load_program(prog(body)).worker() as w:
+    with ProgramWorker(load_program(prog(body))) as w:
         value, error = w.call("subtask", 0, {}, {})
         assert value is None and kind in error
         failures, new_k, _ = w.step([(0, -1, {}, None), (1, -1, {}, None)], 2, False, 10.0)
@@ -298,7 +298,7 @@ def test_runtime_failures_are_errors_for_verification_and_false_for_the_hook(bod
 def test_progress_values_in_the_hook_and_in_verification(value, expected):
     """The hook and verification accept the same progress values: one finite real number, clamped to [0, 1].
     Anything else is an error for verification, and 0.0 (counted as a failure) in the hook."""
-    with load_program(prog("return False") + f"\ndef progress_1(obs, start):\n    return {value}\n").worker() as w:
+    with ProgramWorker(load_program(prog("return False") + f"\ndef progress_1(obs, start):\n    return {value}\n")) as w:
         got, error = w.call("progress", 0, {}, {})
         failures, _, progress = w.step([(0, -1, {}, None)], 1, True, 10.0)
     if expected is None:

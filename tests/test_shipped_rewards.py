@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from cleanrl_vlmcar import cache
-from cleanrl_vlmcar.integrate import make_reward_hook
+from cleanrl_vlmcar.rewards import make_reward_hook
 from cleanrl_vlmcar.trajectories import make_env
 from cleanrl_vlmcar.verify import verify_env
 

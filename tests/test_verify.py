@@ -194,7 +194,7 @@ def test_expert_for_unsupported_env_is_clear():
 
     with pytest.raises(ValueError, match="demos"):
         make_policy("expert", gym.make("CartPole-v1"))
-    with pytest.raises(ValueError, match="unknown environment id"):
+    with pytest.raises(ValueError, match="cannot make environment 'MiniGrid-Nope-v0'"):
         make_env("MiniGrid-Nope-v0")
 
 

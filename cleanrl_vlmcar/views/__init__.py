@@ -1,10 +1,10 @@
 """Observation views: what reward programs read.
 
-A view is computed from a live environment by a small adapter, one file per environment family
-(`minigrid.py`, `panda.py`). An adapter is made per environment instance (it may keep state between steps,
-for speed) and offers `reset()` and `step()`, each returning the view of the current state. Each family
-documents its views as `Field` tables; the README and the VLM prompt are generated from those same tables.
-Adding an environment family means adding one module that registers its adapters with `register`.
+A view is computed from a live environment by a small adapter. An adapter is made per environment instance (it may
+keep state between steps, for speed) and offers `reset(obs, info)` and `step(obs, info)`, each returning the view
+of the current state; adapters that read the environment itself ignore the arguments (`needs_obs = False`). Each
+view is documented as a `Field` table; docs/views.md and the VLM prompt are generated from those same tables.
+Which views an environment has is its family's business (`cleanrl_vlmcar.families`).
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import gymnasium as gym
+
+from ..errors import UnsupportedEnvError
 
 
 @dataclass(frozen=True)
@@ -50,56 +52,45 @@ class ViewSpec:
 
 
 class ViewAdapter:
-    """Computes a view from one environment instance. Subclasses implement `reset` and `step`."""
+    """Computes a view from one environment instance. Subclasses implement `reset` and `step`; those that build the
+    view from the observation and info the environment returned set `needs_obs = True`, and callers pass them."""
 
     spec: ViewSpec
+    needs_obs = False
 
     def __init__(self, env: gym.Env):
         self.env = env
         self.unwrapped = env.unwrapped
 
-    def reset(self) -> dict:
-        """The view right after `env.reset()`."""
+    def reset(self, obs: Any = None, info: dict | None = None) -> dict:
+        """The view right after `env.reset()` (which returned `obs`, `info`)."""
         raise NotImplementedError
 
-    def step(self) -> dict:
-        """The view right after `env.step()`."""
+    def step(self, obs: Any = None, info: dict | None = None) -> dict:
+        """The view right after `env.step()` (which returned `obs`, ..., `info`)."""
         raise NotImplementedError
 
 
-class ViewError(ValueError):
+class ViewError(UnsupportedEnvError):
     """An environment or view name this package cannot serve; the message says what can be used."""
 
 
-_FAMILIES: dict[str, tuple[Callable[[gym.Env], bool], dict[str, ViewSpec]]] = {}
-
-
-def register(family: str, matches: Callable[[gym.Env], bool], specs: dict[str, ViewSpec]) -> None:
-    """Register an environment family: a predicate on `env.unwrapped` and its views by name."""
-    _FAMILIES[family] = (matches, specs)
-
-
-def _load_families() -> None:
-    if not _FAMILIES:
-        from . import minigrid, panda  # noqa: F401 - registration on import
-
-
 def family_of(env: gym.Env) -> str:
-    """The family name of an environment, or ViewError naming the supported families."""
-    _load_families()
-    for family, (matches, _) in _FAMILIES.items():
-        if matches(env.unwrapped):
-            return family
-    raise ViewError(f"no reward views for {env.unwrapped.__class__.__name__} ({_env_id(env)}); supported families: "
-                    f"{', '.join(sorted(_FAMILIES))}. Add an adapter in cleanrl_vlmcar/views/ to support it.")
+    """The name of the family that claims this environment (`generic` when no other does)."""
+    from .. import families
+
+    return families.family_of(env).name
 
 
 def get_spec(env: gym.Env, view: str) -> ViewSpec:
-    """The ViewSpec of `view` for this environment; ViewError when the family has no such view."""
-    family = family_of(env)
-    specs = _FAMILIES[family][1]
+    """The ViewSpec of `view` for this environment; ViewError when its family has no such view."""
+    from .. import families
+
+    family = families.family_of(env)
+    specs = family.specs(env)
     if view not in specs:
-        raise ViewError(f"the {family} family has no '{view}' view; choose one of: {', '.join(sorted(specs))}")
+        raise ViewError(f"{_env_id(env)} ({family.name} family) has no '{view}' view; choose one of: "
+                        f"{', '.join(sorted(specs))}")
     return specs[view]
 
 
@@ -109,11 +100,13 @@ def make_view(env: gym.Env, view: str) -> ViewAdapter:
 
 
 def all_specs() -> list[ViewSpec]:
-    """Every registered view, for documentation."""
-    _load_families()
-    return [spec for _, specs in _FAMILIES.values() for spec in specs.values()]
+    """Every view of the families with fixed views, for documentation (the generic family's views are
+    documented per environment)."""
+    from .. import families
+
+    return [spec for family in families.families() for spec in family.views.values()]
 
 
 def _env_id(env: gym.Env) -> str:
     spec = getattr(env, "spec", None) or getattr(env.unwrapped, "spec", None)
-    return spec.id if spec is not None else "unregistered env"
+    return spec.id if spec is not None else type(env.unwrapped).__name__

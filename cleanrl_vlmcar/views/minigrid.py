@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 from minigrid.core.constants import COLOR_TO_IDX, COLORS, DIR_TO_VEC, OBJECT_TO_IDX, STATE_TO_IDX
-from minigrid.minigrid_env import MiniGridEnv
 
-from . import Field, ViewAdapter, ViewSpec, register
+from . import Field, ViewAdapter, ViewSpec
 
 #: pixel size of one grid cell in the `pixels` view
 TILE_SIZE = 16
@@ -29,10 +28,6 @@ def _constants() -> dict:
         "COLORS": {name: tuple(int(x) for x in rgb) for name, rgb in COLORS.items()},
         "TILE_SIZE": TILE_SIZE,
     }
-
-
-def _is_minigrid(unwrapped) -> bool:
-    return isinstance(unwrapped, MiniGridEnv)
 
 
 class MiniGridStateView(ViewAdapter):
@@ -61,11 +56,11 @@ class MiniGridStateView(ViewAdapter):
                 "carrying": None if c is None else (OBJECT_TO_IDX[c.type], COLOR_TO_IDX[c.color]),
                 "mission": env.mission}
 
-    def reset(self) -> dict:
+    def reset(self, obs=None, info=None) -> dict:
         self._base = self.unwrapped.grid.encode()
         return self._view()
 
-    def step(self) -> dict:
+    def step(self, obs=None, info=None) -> dict:
         env = self.unwrapped
         if not self.incremental:
             self._base = env.grid.encode()
@@ -81,14 +76,14 @@ class MiniGridStateView(ViewAdapter):
 class MiniGridPixelsView(ViewAdapter):
     """The full top-down frame, without the agent's field-of-view highlight."""
 
-    def _view(self) -> dict:
+    def _view(self, obs=None, info=None) -> dict:
         env = self.unwrapped
         return {"rgb": env.get_frame(highlight=False, tile_size=TILE_SIZE), "mission": env.mission}
 
     reset = step = _view
 
 
-_STATE = ViewSpec(
+STATE = ViewSpec(
     family="minigrid",
     view="state",
     summary="The full MiniGrid state, as `minigrid.wrappers.FullyObsWrapper` encodes it.",
@@ -115,7 +110,7 @@ _STATE = ViewSpec(
     constants=_constants,
 )
 
-_PIXELS = ViewSpec(
+PIXELS = ViewSpec(
     family="minigrid",
     view="pixels",
     summary=f"The full top-down RGB frame of the grid, {TILE_SIZE} pixels per cell, no field-of-view highlight "
@@ -145,5 +140,3 @@ _PIXELS = ViewSpec(
     make=MiniGridPixelsView,
     constants=_constants,
 )
-
-register("minigrid", _is_minigrid, {"state": _STATE, "pixels": _PIXELS})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import Field, ViewAdapter, ViewError, ViewSpec, register
+from . import Field, ViewAdapter, ViewError, ViewSpec
 
 #: tasks whose observation layout this adapter knows (class names of panda_gym.envs.tasks)
 SUPPORTED_TASKS = ("Reach", "Push", "Slide", "PickAndPlace")
@@ -16,11 +16,6 @@ def _camera_doc() -> str:
     from .panda_camera import doc_text
 
     return doc_text()
-
-
-def _is_panda(unwrapped) -> bool:
-    return hasattr(unwrapped, "robot") and hasattr(unwrapped, "task") and hasattr(unwrapped, "sim") \
-        and type(unwrapped).__module__.startswith("panda_gym")
 
 
 def _constants() -> dict:
@@ -39,7 +34,7 @@ class PandaStateView(ViewAdapter):
         self.has_object = task != "Reach"
         self.has_fingers = not self.unwrapped.robot.block_gripper
 
-    def _view(self) -> dict:
+    def _view(self, obs=None, info=None) -> dict:
         u = self.unwrapped
         robot = u.robot.get_obs()
         view = {"ee_pos": robot[0:3].astype(np.float64), "ee_vel": robot[3:6].astype(np.float64),
@@ -65,7 +60,7 @@ class PandaPixelsView(ViewAdapter):
             raise ViewError("the panda-gym pixels view renders frames: create the env with "
                             "gym.make(env_id, render_mode='rgb_array')")
 
-    def _view(self) -> dict:
+    def _view(self, obs=None, info=None) -> dict:
         u = self.unwrapped
         rgb = u.sim.render(width=PIXELS_WIDTH, height=PIXELS_HEIGHT, target_position=u.render_target_position,
                            distance=u.render_distance, yaw=u.render_yaw, pitch=u.render_pitch, roll=u.render_roll)
@@ -74,7 +69,7 @@ class PandaPixelsView(ViewAdapter):
     reset = step = _view
 
 
-_STATE = ViewSpec(
+STATE = ViewSpec(
     family="panda",
     view="state",
     summary="Named arrays from panda-gym's simulator (tasks: " + ", ".join(SUPPORTED_TASKS) + "). Units: metres, "
@@ -100,7 +95,7 @@ _STATE = ViewSpec(
     constants=_constants,
 )
 
-_PIXELS = ViewSpec(
+PIXELS = ViewSpec(
     family="panda",
     view="pixels",
     summary=f"A {PIXELS_WIDTH}x{PIXELS_HEIGHT} RGB frame from the environment's default camera (the one panda-gym's "
@@ -113,5 +108,3 @@ _PIXELS = ViewSpec(
     constants=_constants,
     notes=_camera_doc(),
 )
-
-register("panda", _is_panda, {"state": _STATE, "pixels": _PIXELS})

@@ -39,17 +39,18 @@ def measure(env_id: str = "PandaPush-v3", seeds: int = 5) -> dict:
     import gymnasium as gym
     import panda_gym  # noqa: F401
 
-    from . import panda
+    from . import make_view
 
     env = gym.make(env_id, render_mode="rgb_array")
     u = env.unwrapped
-    w, h = panda.PIXELS_WIDTH, panda.PIXELS_HEIGHT
-    adapter = panda.PandaPixelsView(env)
+    adapter, state_view = make_view(env, "pixels"), make_view(env, "state")
+    env.reset(seed=0)
+    h, w = adapter.reset()["rgb"].shape[:2]
     colours: dict[str, list] = {"cube": [], "target": [], "table": [], "gripper": []}
     for s in range(seeds):
         env.reset(seed=s)
         rgb = adapter.reset()["rgb"]
-        state = panda.PandaStateView(env).reset()
+        state = state_view.reset()
         points = {"cube": state["object_pos"], "target": state["goal_pos"], "table": np.array([-0.1, -0.25, 0.0]),
                   "gripper": state["ee_pos"]}
         for name, p in points.items():
