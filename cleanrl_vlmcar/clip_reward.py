@@ -61,7 +61,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import BackendError
-from .integrate import RewardHook
+from .integrate import RewardHook, RewardTerm
 
 __all__ = [
     "DEFAULT_NEGATIVES",
@@ -406,17 +406,13 @@ class ClipReward:
 # ----------------------------------------------------------------------------------------------------------
 # The CLIP reward as a hook for the training scripts (the `clip` variant of --reward)
 # ----------------------------------------------------------------------------------------------------------
-def make_clip_hook(envs, args, writer=None) -> "ClipRewardHook":
+def make_clip_hook(envs, args, writer=None) -> RewardHook:
     """A reward hook whose reward is the CLIP reward of each env's rendered frame (one batched forward pass per
     vector step); the environment's own return and success are still logged. Reads args.clip_* fields."""
-    import gymnasium as gym
+    from .families import ClipDefaults, family_of
 
-    from .errors import UnsupportedEnvError
-    from .families import family_of
-
-    if not isinstance(envs, gym.vector.SyncVectorEnv):
-        raise UnsupportedEnvError("--reward clip renders each sub-environment: use SyncVectorEnv")
-    defaults = family_of(envs.envs[0]).clip  # the family's goal template, negatives and baseline text
+    # the family's goal template, negatives and baseline text (ClipTerm refuses anything but a SyncVectorEnv)
+    defaults = family_of(envs.envs[0]).clip if hasattr(envs, "envs") else ClipDefaults()
     base = ClipRewardConfig()
     config = ClipRewardConfig(
         model=getattr(args, "clip_model", base.model),
@@ -429,7 +425,8 @@ def make_clip_hook(envs, args, writer=None) -> "ClipRewardHook":
         alpha=getattr(args, "clip_alpha", base.alpha),
         fp16=getattr(args, "clip_fp16", False),
     )
-    return ClipRewardHook(config, envs, writer, end_episode=getattr(args, "clip_end_episode", False))
+    term = ClipTerm(config, envs, end_episode=getattr(args, "clip_end_episode", False))
+    return RewardHook(None, envs, writer=writer, terms=[term])
 
 
 def _mission_of(view: dict, env) -> str:
@@ -439,37 +436,49 @@ def _mission_of(view: dict, env) -> str:
     return family_of(env).mission(env, view)
 
 
-class ClipRewardHook(RewardHook):
-    """Reward = CLIP reward of the frame after each step; as in Baumli et al., it replaces the env reward.
+class ClipTerm(RewardTerm):
+    """The CLIP reward of Baumli et al. as a reward term: the CLIP reward of each env's frame after the step. It
+    replaces the environment's reward (`replaces_env_reward`); the environment's own return and success are still
+    booked and logged by the hook.
 
-    Frames come from the `pixels` view of each sub-environment and are embedded in one batched forward pass;
-    text embeddings are computed once per distinct mission. Logs `clip/p_goal_mean`, `clip/p_goal_max` and
-    `clip/rewarded_fraction` every LOG_EVERY vector steps, beside the hook's usual episode tags.
+    Frames come from the `pixels` view of each sub-environment and are embedded in one batched forward pass in `send`
+    (the envs are at that step then); text embeddings are computed once per distinct mission. Logs
+    `clip/p_goal_mean`, `clip/p_goal_max` and `clip/rewarded_fraction` (binary) or `clip/reward_mean` every
+    LOG_EVERY vector steps.
 
     With `end_episode` (binary mode), an episode ends when the CLIP reward fires, as in Baumli et al.: the step is
-    reported to the learner as a termination (the `terminations` array is updated in place) and the vector env
-    resets that sub-env on the next step, as gymnasium 1.x does for any episode end. The environment's own
-    RecordEpisodeStatistics does not see such an end, so the hook logs `charts/episodic_return` and
-    `charts/episodic_length` for them itself; `clip/episodes_ended` counts them.
+    reported to the learner as a termination (the caller's `terminations` array is set for that env, which the
+    training scripts then see) and the vector env resets that sub-env on the next step, as gymnasium 1.x does for
+    any episode end (SyncVectorEnv's `_autoreset_envs` is set: gymnasium has no public way to ask for it mid-step).
+    The environment's own RecordEpisodeStatistics does not see such an end, so the term logs
+    `charts/episodic_return` and `charts/episodic_length` for them itself; `clip/episodes_ended` counts them.
     """
 
     LOG_EVERY = 64
+    replaces_env_reward = True
 
-    def __init__(self, config: ClipRewardConfig, envs, writer=None, end_episode: bool = False):
+    def __init__(self, config: ClipRewardConfig, envs, end_episode: bool = False):
+        import gymnasium as gym
+
+        from .errors import UsageError
         from .views import make_view
 
         if end_episode and config.mode != "binary":
             raise ClipRewardError("--clip-end-episode needs the binary CLIP reward (--clip-mode binary)")
-        super().__init__(None, envs, writer=writer)
-        self.logs_shaped_return = True
+        if not isinstance(envs, gym.vector.SyncVectorEnv):
+            raise UsageError("--reward clip renders each sub-environment: use SyncVectorEnv")
+        if end_episode and not hasattr(envs, "_autoreset_envs"):
+            raise UsageError("--clip-end-episode needs gymnasium 1.x's SyncVectorEnv (it marks the env for reset)")
         self.end_episode, self.episodes_ended = end_episode, 0
-        self.config, self.envs = config, envs
+        self.config, self.envs, self.num_envs = config, envs, envs.num_envs
         self.adapters_pixels = [make_view(env, "pixels") for env in envs.envs]
         self.clip = ClipReward(config, _mission_of(self.adapters_pixels[0].reset(), envs.envs[0]))
         self._by_mission = {self.clip.mission: self.clip}
         self._p_goal: list[np.ndarray] = []
         self._rewards: list[np.ndarray] = []
         self._calls = 0
+        self._values = np.zeros(self.num_envs)
+        self._forced: list[int] = []
 
     def _for(self, mission: str) -> ClipReward:
         if mission not in self._by_mission:
@@ -488,34 +497,39 @@ class ClipRewardHook(RewardHook):
             rewards[idx], p_goal[idx] = r, stats["p_goal"]
         return rewards, p_goal
 
-    def step(self, reward, terminations, truncations, infos=None, extra=None, obs=None):
+    def send(self, step) -> None:
         rewards, p_goal = self.clip_rewards()
         self._p_goal.append(p_goal)
         self._rewards.append(rewards)
         self._calls += 1
-        if self.writer is not None and self._calls % self.LOG_EVERY == 0:
-            step = self.global_step + self.num_envs
-            p = np.concatenate(self._p_goal)
-            self.writer.add_scalar("clip/p_goal_mean", float(p.mean()), step)
-            self.writer.add_scalar("clip/p_goal_max", float(p.max()), step)
-            name = "clip/rewarded_fraction" if self.config.mode == "binary" else "clip/reward_mean"
-            self.writer.add_scalar(name, float(np.concatenate(self._rewards).mean()), step)
-            self._p_goal, self._rewards = [], []
-        env_reward = np.asarray(reward, dtype=np.float64)
-        forced = []
+        self._values = rewards
+        self._forced = []
         if self.end_episode:
-            done = np.logical_or(terminations, truncations)
-            forced = [i for i in range(self.num_envs) if rewards[i] > 0 and not done[i] and not self._autoreset[i]]
-            for i in forced:
-                terminations[i] = True  # the learner sees the episode end here
+            done = np.logical_or(step.terminations, step.truncations)
+            self._forced = [i for i in range(self.num_envs)
+                            if rewards[i] > 0 and not done[i] and not step.autoreset[i]]
+            for i in self._forced:
+                step.terminations[i] = True  # the learner sees the episode end here
                 self.envs._autoreset_envs[i] = True  # and the vector env resets this sub-env on the next step
-        shaped = super().step(reward, terminations, truncations, infos, extra=rewards - env_reward)
-        if forced:
-            self.episodes_ended += len(forced)
-            if self.writer is not None:
-                for e in self.episodes:
-                    if e.env_index in forced:
-                        self.writer.add_scalar("charts/episodic_return", e.env_return, self.global_step)
-                        self.writer.add_scalar("charts/episodic_length", e.length, self.global_step)
-                self.writer.add_scalar("clip/episodes_ended", self.episodes_ended, self.global_step)
-        return shaped
+
+    def collect(self, step) -> list[float]:
+        return [0.0 if r else float(v) for v, r in zip(self._values, step.autoreset)]
+
+    def after_step(self, hook) -> None:
+        writer = hook.writer
+        if writer is not None and self._calls % self.LOG_EVERY == 0 and self._p_goal:
+            p = np.concatenate(self._p_goal)
+            writer.add_scalar("clip/p_goal_mean", float(p.mean()), hook.global_step)
+            writer.add_scalar("clip/p_goal_max", float(p.max()), hook.global_step)
+            name = "clip/rewarded_fraction" if self.config.mode == "binary" else "clip/reward_mean"
+            writer.add_scalar(name, float(np.concatenate(self._rewards).mean()), hook.global_step)
+            self._p_goal, self._rewards = [], []
+        if self._forced:
+            self.episodes_ended += len(self._forced)
+            if writer is not None:
+                for e in hook.episodes:
+                    if e.env_index in self._forced:
+                        writer.add_scalar("charts/episodic_return", e.env_return, hook.global_step)
+                        writer.add_scalar("charts/episodic_length", e.length, hook.global_step)
+                writer.add_scalar("clip/episodes_ended", self.episodes_ended, hook.global_step)
+            self._forced = []

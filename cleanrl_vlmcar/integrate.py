@@ -241,30 +241,194 @@ class ProgramRunner:
         self.worker.close()
 
 
+@dataclass
+class VectorStep:
+    """One vector step as the hook and its terms see it (per-env lists; `autoreset[i]`: this step is env i's reset
+    step under next-step autoreset, which pays nothing and starts a new episode)."""
+
+    reward: list[float]
+    terminations: np.ndarray  # the caller's array: a term may end an episode here (see ClipTerm)
+    truncations: np.ndarray
+    infos: dict | None
+    obs: Any
+    autoreset: list[bool]
+    extra: np.ndarray | None = None
+
+
+class RewardTerm:
+    """One term of the shaped reward, composed by `RewardHook`.
+
+    Per vector step the hook calls `send(step)` as soon as the step is known (the envs are at that step: a term that
+    reads them does it here) and later `collect(step)`, which returns the term's value per env (0 on autoreset
+    steps). In between a term may compute elsewhere: the program term's checks run in the confined worker while the
+    rollout goes on. `reset(obs, infos)` starts every env's episode; `after_step(hook)` may log the term's own tags
+    and warnings; `episode_fields(i)` adds to the EpisodeRecord of env i's episode that ends on this step;
+    `status()` is a fragment of the console line. With `replaces_env_reward`, the environment's reward is not
+    part of the shaped reward (the CLIP reward of Baumli et al.).
+    """
+
+    replaces_env_reward = False
+    num_subtasks = 0
+
+    def reset(self, obs: Any, infos: dict | None) -> None:
+        pass
+
+    def send(self, step: VectorStep) -> None:
+        pass
+
+    def collect(self, step: VectorStep) -> list[float]:
+        raise NotImplementedError
+
+    def episode_fields(self, i: int) -> dict:
+        return {}
+
+    def after_step(self, hook: "RewardHook") -> None:
+        pass
+
+    def status(self) -> str:
+        return ""
+
+    def close(self) -> None:
+        pass
+
+
+class ProgramTerm(RewardTerm):
+    """The VLM-CaR term: a verified program's sub-task bonuses (`shaping="bonus"`), or potential-based shaping over
+    completed sub-tasks and, with `use_progress`, the next sub-task's progress (`shaping="potential"`).
+
+    The program runs in a confined worker (`ProgramRunner`): `send` computes every env's view and sends them in one
+    message, `collect` reads the fixed-size answer and applies the in-order rule's arithmetic (`EpisodeProgress`).
+    After `collect`: `completed` (envs x sub-tasks, True where a sub-task was completed on this step)."""
+
+    def __init__(self, program: RewardProgram, envs: gym.vector.VectorEnv, view: str = "state", bonus: float = 1.0,
+                 shaping: str = "bonus", gamma: float = 0.99, use_progress: bool = False,
+                 deadline_s: float | None = None, require_confinement: bool = False):
+        check_shaping(shaping, use_progress, program)
+        self.program, self.view, self.num_envs = program, view, envs.num_envs
+        self.num_subtasks = program.num_subtasks
+        # Sync: adapters on the sub-envs themselves; Async: views arrive through ViewInfoWrapper in `infos`
+        self.adapters: list[ViewAdapter] | None = None
+        if isinstance(envs, gym.vector.SyncVectorEnv):
+            self.adapters = [make_view(env, view) for env in envs.envs]
+        self._needs_obs = self.adapters is not None and any(a.needs_obs for a in self.adapters)
+        self.runner = ProgramRunner(program, self.num_envs, use_progress, deadline_s, require_confinement)
+        self.progress = [EpisodeProgress(self.num_subtasks, bonus, shaping, gamma, use_progress)
+                         for _ in range(self.num_envs)]
+        self.completed = np.zeros((self.num_envs, self.num_subtasks), dtype=bool)
+        self._any_completed = False
+        self._warned = 0
+        self._disabled_reported = False
+
+    def _views(self, infos: dict | None, obs: Any, reset: list[bool]) -> list[Any]:
+        """Every env's view: from the adapters (Sync; those that need it get the env's own obs and info) or from
+        `infos` (Async with ViewInfoWrapper)."""
+        if self.adapters is None:
+            boxes = None if infos is None else infos.get(VIEW_INFO_KEY)
+            if boxes is None:
+                raise UsageError("the reward hook cannot reach the sub-environments of this vector env: wrap each "
+                                 "env with cleanrl_vlmcar.integrate.ViewInfoWrapper(env, view) in make_env, or use "
+                                 "SyncVectorEnv")
+            return [b.view if b is not None else None for b in boxes]
+        if not self._needs_obs:
+            return [a.reset() if r else a.step() for a, r in zip(self.adapters, reset)]
+        views = []
+        for i, (a, r) in enumerate(zip(self.adapters, reset)):
+            o, info = env_slice(obs, infos, i)
+            views.append(a.reset(o, info) if r else a.step(o, info))
+        return views
+
+    def reset(self, obs: Any, infos: dict | None) -> None:
+        if self.runner._submitted:  # the answer to a step that the reset discards: read and dropped
+            self.runner.collect()
+        views = self._views(infos, obs, [True] * self.num_envs)
+        answer = self.runner.step([(i, -1, v) for i, v in enumerate(views)])
+        for i in range(self.num_envs):
+            self.progress[i].begin(answer[1][i] if answer is not None else 0.0)
+
+    def send(self, step: VectorStep) -> None:
+        views = self._views(step.infos, step.obs, step.autoreset)
+        self.runner.submit([(i, -1 if step.autoreset[i] else p.next_subtask, views[i])
+                            for i, p in enumerate(self.progress)])
+
+    def collect(self, step: VectorStep) -> list[float]:
+        answer = self.runner.collect()
+        if self._any_completed:
+            self.completed[:] = False
+            self._any_completed = False
+        bonus = [0.0] * self.num_envs
+        terminated = step.terminations
+        for i, p in enumerate(self.progress):
+            if step.autoreset[i]:  # the reset step: progress starts over with this view
+                p.begin(answer[1][i] if answer is not None else 0.0)
+                continue
+            k, new_k, bonus[i] = p.step(int(answer[0][i]), answer[1][i], bool(terminated[i])) \
+                if answer is not None else p.hold()
+            if new_k > k:
+                self.completed[i, k:new_k] = True
+                self._any_completed = True
+        return bonus
+
+    def episode_fields(self, i: int) -> dict:
+        n = self.progress[i].next_subtask
+        return {"subtasks_completed": n, "task_completed": n == self.num_subtasks}
+
+    @property
+    def next_subtask(self) -> np.ndarray:
+        return np.array([p.next_subtask for p in self.progress], dtype=np.int64)
+
+    def after_step(self, hook: "RewardHook") -> None:
+        runner = self.runner
+        if runner.check_failures > self._warned:
+            total = runner.check_failures
+            if self._warned < 10 or total // 1000 > self._warned // 1000:
+                log.warning("reward program checks failed %d time(s) so far (each counted as False); the first:\n%s",
+                            total, runner.first_error)
+            self._warned = total
+        if runner.disabled and not self._disabled_reported:
+            self._disabled_reported = True
+            if hook.writer is not None:
+                hook.writer.add_scalar("vlmcar/program_disabled", 1, hook.global_step)
+                hook.writer.add_text("vlmcar/program_disabled", runner.disabled, hook.global_step)
+
+    def log_rates(self, writer, step: int, hook: "RewardHook") -> None:
+        writer.add_scalar("vlmcar/task_without_success", hook.task_without_success, step)
+        writer.add_scalar("vlmcar/check_failures", self.runner.check_failures, step)
+        writer.add_scalar("vlmcar/worker_restarts", self.runner.worker_restarts, step)
+
+    def status(self) -> str:
+        return " (reward program switched off)" if self.runner.disabled else ""
+
+    def close(self) -> None:
+        self.runner.close()
+
+
 class RewardHook:
-    """The VLM-CaR reward hook for a gymnasium 1.x vector env (SyncVectorEnv or AsyncVectorEnv).
+    """The reward hook for a gymnasium 1.x vector env (SyncVectorEnv or AsyncVectorEnv): it books episodes, logs the
+    tags, and adds its reward terms to the environment's reward.
 
     Usage in a rollout loop::
 
-        hook = RewardHook(program, envs, view="state")
+        hook = RewardHook(program, envs, view="state")      # the VLM-CaR term; or terms=[...] to compose
         next_obs, infos = envs.reset(seed=seed)
-        hook.reset(infos)
+        hook.reset(infos, next_obs)
         ...
         next_obs, reward, terminations, truncations, infos = envs.step(action)
-        reward = hook.step(reward, terminations, truncations, infos)   # env reward + sub-task bonuses
+        reward = hook.step(reward, terminations, truncations, infos, obs=next_obs)   # env reward + terms
 
-    The program runs in a confined worker process (`ProgramRunner`): each vector step sends every env's view in one
-    message and reads back a fixed-size numeric reply. After each `step`: `env_reward`, `bonus` (arrays over envs),
-    `completed` (envs x sub-tasks, True where a sub-task was completed on this step), `next_subtask`; and
-    `episodes`, the EpisodeRecords of episodes that ended on this step. Checks that raise or return a non-bool
-    count as False (`check_failures`). With `program=None` the hook pays nothing and only keeps the episode
-    statistics (the `sparse` variant). With a TensorBoard `writer`, it logs per finished episode
-    `charts/shaped_return`, and every LOG_RATES_EVERY episodes `charts/success_rate`, `vlmcar/subtask_k_rate` and
-    `vlmcar/task_without_success` (over the last `window` episodes), `vlmcar/check_failures` and
-    `vlmcar/worker_restarts`, at global step = steps x num_envs. `vlmcar/task_without_success` is the fidelity
-    alarm: the fraction of episodes in which the program completed its last sub-task while the environment
-    reported no success (reward hacking, a time bomb or an honest false positive); above FIDELITY_ALARM it warns
-    once.
+    or pipelined (`submit` returns the previous step's shaped rewards; `flush()` the last one).
+
+    `program` (a verified RewardProgram) adds a `ProgramTerm` with the given view, bonus, shaping, gamma,
+    use_progress, deadline and confinement settings; `terms` adds any other RewardTerms (e.g. a CLIP term). With
+    neither, the hook pays the environment's reward and only keeps the episode statistics (the `sparse` variant).
+    After each step: `env_reward`, `bonus` (the terms' sum per env), `completed` and `next_subtask` (from the
+    program term), and `episodes`, the EpisodeRecords of episodes that ended on this step. With a TensorBoard
+    `writer`, it logs per finished episode `charts/shaped_return`, and every LOG_RATES_EVERY episodes
+    `charts/success_rate`, `vlmcar/subtask_k_rate` and `vlmcar/task_without_success` (over the last `window`
+    episodes), `vlmcar/check_failures` and `vlmcar/worker_restarts`, at global step = steps x num_envs.
+    `vlmcar/task_without_success` is the fidelity alarm: the fraction of episodes in which the program completed
+    its last sub-task while the environment reported no success (reward hacking, a time bomb or an honest false
+    positive); above FIDELITY_ALARM it warns once. `success(reward, terminated, info)` is the environment's own
+    success rule (default: the env family's).
     """
 
     LOG_RATES_EVERY = 8
@@ -274,50 +438,53 @@ class RewardHook:
     def __init__(self, program: RewardProgram | None, envs: gym.vector.VectorEnv, view: str = "state",
                  bonus: float = 1.0, shaping: str = "bonus", gamma: float = 0.99, use_progress: bool = False,
                  writer=None, window: int = 100, deadline_s: float | None = None, require_confinement: bool = False,
-                 success=None):
-        if program is not None:
-            check_shaping(shaping, use_progress, program)
+                 success=None, terms: list[RewardTerm] | tuple = ()):
         mode = envs.metadata.get("autoreset_mode", gym.vector.AutoresetMode.NEXT_STEP)
         if mode not in (gym.vector.AutoresetMode.NEXT_STEP, "NextStep", "next_step"):
             raise UsageError(f"the reward hook needs gymnasium's default next-step autoreset, not {mode}")
-        self.program, self.num_envs, self.view = program, envs.num_envs, view
+        self.num_envs = envs.num_envs
         if success is None:  # the env family's own success rule (Async: the common rule unless given)
             from .families import family_of
 
             success = family_of(envs.envs[0]).success if isinstance(envs, gym.vector.SyncVectorEnv) else env_success
         self.success_rule = success
-        self.num_subtasks = program.num_subtasks if program is not None else 0
-        # Sync: adapters on the sub-envs themselves; Async: views arrive through ViewInfoWrapper in `infos`
-        self.adapters: list[ViewAdapter] | None = None
-        if program is not None and isinstance(envs, gym.vector.SyncVectorEnv):
-            self.adapters = [make_view(env, view) for env in envs.envs]
-        self._needs_obs = self.adapters is not None and any(a.needs_obs for a in self.adapters)
-        self.runner = ProgramRunner(program, self.num_envs, use_progress, deadline_s, require_confinement) \
-            if program is not None else None
-        self.progress = [EpisodeProgress(self.num_subtasks, bonus, shaping, gamma, use_progress)
-                         for _ in range(self.num_envs)] if program is not None else []
+        self.program_term = ProgramTerm(program, envs, view, bonus, shaping, gamma, use_progress, deadline_s,
+                                        require_confinement) if program is not None else None
+        self.terms: list[RewardTerm] = ([self.program_term] if self.program_term else []) + list(terms)
+        self.program = program
+        self.num_subtasks = self.program_term.num_subtasks if self.program_term else 0
+        self._replace_env_reward = any(t.replaces_env_reward for t in self.terms)
         self._autoreset = [False] * self.num_envs
         self._shaped_return = [0.0] * self.num_envs
         self._env_return = [0.0] * self.num_envs
         self._length = [0] * self.num_envs
-        self._any_completed = False
         self.env_reward = np.zeros(self.num_envs)
         self.bonus = np.zeros(self.num_envs)
-        self.completed = np.zeros((self.num_envs, self.num_subtasks), dtype=bool)
         self.episodes: list[EpisodeRecord] = []
         self.writer, self.global_step = writer, 0
         self.recent: deque[EpisodeRecord] = deque(maxlen=window)
         self._since_rates, self._rates_logged = 0, False
-        self.logs_shaped_return = program is not None
-        self._warned = 0
+        self.logs_shaped_return = bool(self.terms)
         self._fidelity_warned = False
-        self._disabled_reported = False
-        self._pending: tuple | None = None  # a submitted step whose answer is not booked yet
-        self._delayed: np.ndarray | None = None  # `submit` without a program: the shaped rewards it owes
+        self._pending: VectorStep | None = None  # a submitted step whose terms are not collected yet
+        self._delayed: np.ndarray | None = None  # `submit` without terms: the shaped rewards it owes
+
+    # --- what the program term knows, for callers and tests --------------------------------------------------
+    @property
+    def runner(self) -> ProgramRunner | None:
+        return self.program_term.runner if self.program_term else None
+
+    @property
+    def adapters(self) -> list[ViewAdapter] | None:
+        return self.program_term.adapters if self.program_term else None
+
+    @property
+    def completed(self) -> np.ndarray:
+        return self.program_term.completed if self.program_term else np.zeros((self.num_envs, 0), dtype=bool)
 
     @property
     def next_subtask(self) -> np.ndarray:
-        return np.array([p.next_subtask for p in self.progress], dtype=np.int64)
+        return self.program_term.next_subtask if self.program_term else np.zeros(self.num_envs, dtype=np.int64)
 
     @property
     def check_failures(self) -> int:
@@ -335,143 +502,100 @@ class RewardHook:
         return self.runner.disabled if self.runner is not None else None
 
     def close(self) -> None:
-        """Stop the worker (also done when the hook is garbage-collected or the interpreter exits)."""
-        if self.runner is not None:
-            self.runner.close()
+        """Release the terms (stops the program's worker; also done at garbage collection or interpreter exit)."""
+        for term in self.terms:
+            term.close()
 
-    def _views_from_infos(self, infos: dict | None) -> list[Any]:
-        boxes = None if infos is None else infos.get(VIEW_INFO_KEY)
-        if boxes is None:
-            raise UsageError("the reward hook cannot reach the sub-environments of this vector env: wrap each env "
-                             "with cleanrl_vlmcar.integrate.ViewInfoWrapper(env, view) in make_env, or use "
-                             "SyncVectorEnv")
-        return [b.view if b is not None else None for b in boxes]
-
+    # --- the steps -------------------------------------------------------------------------------------------
     def _books_begin(self, i: int) -> None:
         self._shaped_return[i] = self._env_return[i] = 0.0
         self._length[i] = 0
 
-    def _views(self, infos: dict | None, obs: Any, reset: list[bool]) -> list[Any]:
-        """Every env's view: from the adapters (Sync; those that need it get the env's own obs and info) or from
-        `infos` (Async with ViewInfoWrapper)."""
-        if self.adapters is None:
-            return self._views_from_infos(infos)
-        if not self._needs_obs:
-            return [a.reset() if r else a.step() for a, r in zip(self.adapters, reset)]
-        views = []
-        for i, (a, r) in enumerate(zip(self.adapters, reset)):
-            o, info = env_slice(obs, infos, i)
-            views.append(a.reset(o, info) if r else a.step(o, info))
-        return views
-
     def reset(self, infos: dict | None = None, obs: Any = None) -> None:
         """Call after `envs.reset()` (which returned `obs`, `infos`): every environment starts a new episode."""
-        if self._pending is not None:  # the answer to a step that the reset discards: read and dropped
-            self._pending = None
-            self.runner.collect()
-        self._delayed = None
-        if self.program is not None:
-            views = self._views(infos, obs, [True] * self.num_envs)
-            answer = self.runner.step([(i, -1, v) for i, v in enumerate(views)])
-            for i in range(self.num_envs):
-                self.progress[i].begin(answer[1][i] if answer is not None else 0.0)
+        self._pending = self._delayed = None
+        for term in self.terms:
+            term.reset(obs, infos)
         for i in range(self.num_envs):
             self._books_begin(i)
         self._autoreset = [False] * self.num_envs
 
     def step(self, reward: np.ndarray, terminations: np.ndarray, truncations: np.ndarray,
              infos: dict | None = None, extra: np.ndarray | None = None, obs: Any = None) -> np.ndarray:
-        """Shaped rewards for one vector step (environment reward + bonuses [+ `extra`, e.g. another reward
-        model's term, added outside autoreset steps]). `obs`, the step's observations, is needed only by views
-        built from them (the generic family's `obs` view)."""
-        if self.program is None and extra is None:
+        """Shaped rewards for one vector step: the environment's reward + the terms [+ `extra`, added outside
+        autoreset steps]. `obs`, the step's observations, is needed only by views built from them (the generic
+        family's `obs` view)."""
+        if not self.terms and extra is None:
             return self._step_sparse(reward, terminations, truncations, infos)
         if self._pending is not None:  # a step sent by `submit` is booked first
             self.flush()
-        pending = self._send(reward, terminations, truncations, infos, extra, obs)
-        return self._book(pending, self.runner.collect() if self.runner is not None else None)
+        return self._book(self._send(reward, terminations, truncations, infos, obs, extra))
 
     def submit(self, reward: np.ndarray, terminations: np.ndarray, truncations: np.ndarray,
                infos: dict | None = None, obs: Any = None) -> np.ndarray | None:
-        """`step`, pipelined: send this vector step's views to the worker and return at once with the shaped
-        rewards of the step submitted before (None on the first step after `reset` or `flush`). The program
-        checks while the rollout goes on, so its cost hides behind the next policy forward and env step. Call
-        `flush()` for the last step's shaped rewards before using the rollout. Rewards, bonuses, episodes and
-        logs are exactly those of `step`, one step later."""
-        if self.runner is None:  # nothing to wait for: the same answers, delayed to keep one calling convention
+        """`step`, pipelined: send this vector step to the terms and return at once with the shaped rewards of the
+        step submitted before (None on the first step after `reset` or `flush`). The program's checks run while
+        the rollout goes on, so their cost hides behind the next policy forward and env step. Call `flush()` for
+        the last step's shaped rewards before using the rollout. Rewards, bonuses, episodes and logs are exactly
+        those of `step`, one step later."""
+        if not self.terms:  # nothing to wait for: the same answers, delayed to keep one calling convention
             shaped, self._delayed = self._delayed, self.step(reward, terminations, truncations, infos, obs=obs)
             return shaped
         shaped = self.flush()
-        self._pending = self._send(reward, terminations, truncations, infos, None, obs)
+        self._pending = self._send(reward, terminations, truncations, infos, obs, None)
         return shaped
 
     def flush(self) -> np.ndarray | None:
-        """The shaped rewards of the step `submit` sent last (None if there is none); waits for the worker."""
-        if self.runner is None:
+        """The shaped rewards of the step `submit` sent last (None if there is none); waits for the terms."""
+        if not self.terms:
             shaped, self._delayed = self._delayed, None
             return shaped
         pending, self._pending = self._pending, None
-        return None if pending is None else self._book(pending, self.runner.collect())
+        return None if pending is None else self._book(pending)
 
-    def _send(self, reward, terminations, truncations, infos, extra, obs=None) -> tuple:
-        """Compute this step's views and send them to the worker; what `_book` needs to finish the step."""
-        if self.program is not None:  # one message to the worker for the whole vector step
-            autoreset = self._autoreset
-            views = self._views(infos, obs, autoreset)
-            self.runner.submit([(i, -1 if autoreset[i] else p.next_subtask, views[i])
-                                for i, p in enumerate(self.progress)])
-        return reward, terminations, truncations, infos, extra
+    def _send(self, reward, terminations, truncations, infos, obs, extra) -> VectorStep:
+        step = VectorStep(np.asarray(reward, dtype=np.float64).tolist(), terminations, truncations, infos, obs,
+                          self._autoreset, extra)
+        for term in self.terms:
+            term.send(step)
+        return step
 
-    def _book(self, pending: tuple, answer: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray:
-        """Finish a step with the worker's answer (None: no answer, nothing is paid): bonuses, episodes, logs."""
-        reward, terminations, truncations, infos, extra = pending
-        # per-env work is plain Python on lists: numpy scalar access would cost more than the checks themselves
+    def _book(self, step: VectorStep) -> np.ndarray:
+        """Finish a step: collect the terms, book the episodes, log."""
+        # per-env work is plain Python on lists: numpy scalar access would cost more than the terms themselves
         self.global_step += self.num_envs
-        rewards = np.asarray(reward, dtype=np.float64).tolist()
-        terminated = np.asarray(terminations).tolist()
-        done = np.logical_or(terminations, truncations).tolist()
-        bonus = [0.0] * self.num_envs if extra is None else np.asarray(extra, dtype=np.float64).tolist()
-        if self._any_completed:
-            self.completed[:] = False
-            self._any_completed = False
+        rewards, autoreset = step.reward, step.autoreset
+        terminated = np.asarray(step.terminations).tolist()  # read after the terms' send: a term may end episodes
+        done = np.logical_or(step.terminations, step.truncations).tolist()
+        bonus = [0.0] * self.num_envs if step.extra is None else np.asarray(step.extra, dtype=np.float64).tolist()
+        for term in self.terms:
+            for i, v in enumerate(term.collect(step)):
+                bonus[i] += v
+        paid = [0.0] * self.num_envs if self._replace_env_reward else rewards
         self.episodes = []
-        autoreset, program = self._autoreset, self.program
         for i in range(self.num_envs):
-            if autoreset[i]:  # the reset step of next-step autoreset: no bonus, progress starts over
-                if program is not None:
-                    self.progress[i].begin(answer[1][i] if answer is not None else 0.0)
+            if autoreset[i]:  # the reset step of next-step autoreset: nothing is paid, the books start over
                 self._books_begin(i)
                 bonus[i] = 0.0
                 continue
-            if program is not None:
-                p = self.progress[i]
-                k, new_k, b = p.step(int(answer[0][i]), answer[1][i], terminated[i]) if answer is not None \
-                    else p.hold()
-                bonus[i] += b
-                if new_k > k:
-                    self.completed[i, k:new_k] = True
-                    self._any_completed = True
             self._length[i] += 1
             self._env_return[i] += rewards[i]
-            self._shaped_return[i] += rewards[i] + bonus[i]
+            self._shaped_return[i] += paid[i] + bonus[i]
             if done[i]:
-                n_done = self.progress[i].next_subtask if program is not None else 0
+                fields = {"subtasks_completed": 0, "task_completed": False}
+                for term in self.terms:
+                    fields.update(term.episode_fields(i))
                 self.episodes.append(EpisodeRecord(
-                    i, n_done, program is not None and n_done == self.num_subtasks, self._shaped_return[i],
-                    self._env_return[i], self._length[i], episode_success(i, rewards[i], terminated[i], infos, self.success_rule)))
+                    i, fields["subtasks_completed"], fields["task_completed"], self._shaped_return[i],
+                    self._env_return[i], self._length[i],
+                    episode_success(i, rewards[i], terminated[i], step.infos, self.success_rule)))
         self._autoreset = done
         self.env_reward, self.bonus = np.array(rewards), np.array(bonus)
         if self.episodes:
             self._record_episodes()
-        if program is not None:
-            if self.runner.check_failures > self._warned:
-                self._log_failures()
-            if self.runner.disabled and not self._disabled_reported:
-                self._disabled_reported = True
-                if self.writer is not None:
-                    self.writer.add_scalar("vlmcar/program_disabled", 1, self.global_step)
-                    self.writer.add_text("vlmcar/program_disabled", self.runner.disabled, self.global_step)
-        return (self.env_reward + self.bonus).astype(np.float32)
+        for term in self.terms:
+            term.after_step(self)
+        return (np.array(paid) + self.bonus).astype(np.float32)
 
     def _step_sparse(self, reward, terminations, truncations, infos) -> np.ndarray:
         """The `sparse` variant: the environment's reward unchanged, and the same episode bookkeeping, vectorised."""
@@ -492,9 +616,9 @@ class RewardHook:
         self._length += 1
         if done.any():
             for i in np.nonzero(done & ~self._autoreset)[0]:
+                success = episode_success(i, rewards[i], bool(terminations[i]), infos, self.success_rule)
                 self.episodes.append(EpisodeRecord(int(i), 0, False, float(self._env_return[i]),
-                                                   float(self._env_return[i]), int(self._length[i]),
-                                                   episode_success(i, rewards[i], bool(terminations[i]), infos, self.success_rule)))
+                                                   float(self._env_return[i]), int(self._length[i]), success))
             if self.episodes:
                 self._record_episodes()
         self._autoreset = done
@@ -526,10 +650,8 @@ class RewardHook:
         for k in range(self.num_subtasks):
             rate = sum(e.subtasks_completed > k for e in self.recent) / len(self.recent)
             self.writer.add_scalar(f"vlmcar/subtask_{k + 1}_rate", rate, step)
-        if self.program is not None:
-            self.writer.add_scalar("vlmcar/task_without_success", self.task_without_success, step)
-            self.writer.add_scalar("vlmcar/check_failures", self.check_failures, step)
-            self.writer.add_scalar("vlmcar/worker_restarts", self.worker_restarts, step)
+        if self.program_term is not None:
+            self.program_term.log_rates(self.writer, step, self)
 
     def status(self) -> str:
         """One console line: success rate, mean episodic (environment) return and sub-task rates over the last
@@ -542,9 +664,7 @@ class RewardHook:
             rates = "/".join(f"{sum(e.subtasks_completed > k for e in self.recent) / len(self.recent):.2f}"
                              for k in range(self.num_subtasks))
             line += f" subtask_rates={rates}"
-        if self.disabled:
-            line += " (reward program switched off)"
-        return line
+        return line + "".join(term.status() for term in self.terms)
 
     @property
     def success_rate(self) -> float:
@@ -556,13 +676,6 @@ class RewardHook:
         """Fraction of the last `window` episodes in which the program completed the task and the environment
         reported no success."""
         return sum(e.task_completed and not e.success for e in self.recent) / len(self.recent) if self.recent else 0.0
-
-    def _log_failures(self) -> None:
-        total = self.runner.check_failures
-        if self._warned < 10 or total // 1000 > self._warned // 1000:
-            log.warning("reward program checks failed %d time(s) so far (each counted as False); the first:\n%s",
-                        total, self.runner.first_error)
-        self._warned = total
 
 
 def episode_success(i: int, reward: float, terminated: bool, infos: dict | None, rule=env_success) -> bool:

@@ -446,3 +446,54 @@ def test_an_answer_that_arrived_counts_even_when_read_after_its_deadline():
     time.sleep(0.5)
     assert worker.recv_step()[1] == [1]
     worker.close()
+
+
+class _Constant:
+    """A reward term that pays `value` on every step (the protocol: send, collect, and the optional rest)."""
+
+    def __init__(self, value, replaces=False):
+        from cleanrl_vlmcar.integrate import RewardTerm
+
+        self.term = type("Constant", (RewardTerm,), {"replaces_env_reward": replaces,
+                                                     "collect": lambda s, step: [value] * len(step.reward)})()
+
+
+@pytest.mark.parametrize("replaces", [False, True])
+def test_reward_terms_compose_with_the_program_term(replaces):
+    """The hook adds every term to the env reward (or, with a term that replaces it, leaves the env reward out of
+    the shaped reward but still books it); reset steps pay nothing; the program term's bonuses are unchanged."""
+    program = keycorridor_program()
+    envs = gym.vector.SyncVectorEnv([make_env])
+    _, infos = envs.reset(seed=0)
+    hook = RewardHook(program, envs, bonus=0.5, terms=[_Constant(0.1, replaces).term])
+    hook.reset(infos)
+    for t, a in enumerate(SCRIPT, start=1):
+        _, reward, term, trunc, infos = envs.step(np.array([a]))
+        shaped = hook.step(reward, term, trunc, infos)
+        program_bonus = 0.5 if t in EXPECTED_STEPS else 0.0
+        assert hook.bonus[0] == pytest.approx(program_bonus + 0.1), t
+        assert shaped[0] == pytest.approx((0.0 if replaces else reward[0]) + program_bonus + 0.1), t
+    (episode,) = hook.episodes
+    assert episode.task_completed and episode.subtasks_completed == 3 and episode.success
+    assert episode.env_return == pytest.approx(reward[0])  # the env's own return is booked either way
+    assert episode.shaped_return == pytest.approx((0.0 if replaces else reward[0]) + 1.5 + 0.1 * len(SCRIPT))
+    _, reward, term, trunc, infos = envs.step(np.array([0]))  # the autoreset step pays nothing
+    assert hook.step(reward, term, trunc, infos)[0] == 0.0
+    hook.close()
+
+
+def test_terms_without_a_program_and_the_sparse_hook_agree_on_the_books():
+    envs = [gym.vector.SyncVectorEnv([make_env, make_env]) for _ in range(2)]
+    hooks = [RewardHook(None, envs[0]), RewardHook(None, envs[1], terms=[_Constant(0.0).term])]
+    actions = np.random.default_rng(0).integers(0, 6, size=(400, 2))
+    records = []
+    for e, h in zip(envs, hooks):
+        _, infos = e.reset(seed=[4, 5])
+        h.reset(infos)
+        got = []
+        for a in actions:
+            _, reward, term, trunc, infos = e.step(a)
+            h.step(reward, term, trunc, infos)
+            got += [(r.env_index, r.env_return, r.length, r.success) for r in h.episodes]
+        records.append(got)
+    assert records[0] == records[1] and len(records[0]) >= 2
