@@ -270,8 +270,24 @@ def read_scalars(files: Sequence[Path], tags: Sequence[str]) -> dict[str, Curve]
     return {tag: [(s, v) for _, s, v in sorted(events, key=lambda e: (e[1], e[0]))] for tag, events in merged.items()}
 
 
-def read_run(folder: str | Path) -> Run:
-    """Read a run folder of ppo_vlmcar.py / sac_vlmcar.py; RunError saying what to do when it cannot be used."""
+def parent_record(entry_path: str | Path) -> dict:
+    """A `vlmcar_program` record built from a cache entry file (`--parent`, for runs older than the record)."""
+    from .program import check_source
+
+    path = Path(entry_path)
+    try:
+        entry = json.loads(path.read_text())
+        subtasks = list(check_source(entry["program"]).subtasks)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        raise RunError(f"--parent {path} is not a readable reward cache entry ({type(e).__name__}: {e}); pass a "
+                       "reward_cache/ENV__VIEW__KEY.json file") from None
+    parts = path.stem.split("__")
+    return {"file": str(path), "cache_key": parts[2] if len(parts) >= 3 else "", "subtasks": subtasks}
+
+
+def read_run(folder: str | Path, parent: str | Path | None = None) -> Run:
+    """Read a run folder of ppo_vlmcar.py / sac_vlmcar.py; RunError saying what to do when it cannot be used.
+    `parent`: the cache entry the run trained on, for runs whose args.json predates the `vlmcar_program` record."""
     folder = Path(folder)
     if not folder.is_dir():
         raise RunError(f"run folder {folder} does not exist; pass --from-run runs/RUN_NAME, a folder that "
@@ -292,10 +308,13 @@ def read_run(folder: str | Path) -> Run:
         raise RunError(f"run {folder.name} trained with --reward {reward}, not vlmcar: refine improves the reward "
                        "program a run trained on; pick a run trained with --reward vlmcar")
     program = args.get("vlmcar_program")
+    if program is None and parent is not None:
+        program = parent_record(parent)
     if program is None:
         raise RunError(f"{args_path} has no `vlmcar_program` record (the reward program the run trained on); runs "
-                       "that stopped before training, or from scripts older than the record, lack it: train "
-                       "again with the current ppo_vlmcar.py or sac_vlmcar.py")
+                       "that stopped before training, or from scripts older than the record, lack it: pass the "
+                       "cache entry it trained on with --parent reward_cache/ENV__VIEW__KEY.json, or train again "
+                       "with the current ppo_vlmcar.py or sac_vlmcar.py")
     if (not isinstance(program, dict) or not isinstance(program.get("file"), str) or not program["file"]
             or not isinstance(program.get("subtasks"), list) or not program["subtasks"]
             or not all(isinstance(s, str) for s in program["subtasks"])):
@@ -368,7 +387,7 @@ def cmd_refine(args) -> int:
 
     if not 0.0 < args.threshold <= 1.0:
         raise ValueError(f"--threshold must be in (0, 1], got {args.threshold}")
-    run = read_run(args.from_run)
+    run = read_run(args.from_run, getattr(args, "parent", None))
     run_env = run.args.get("env_id")
     if run_env and run_env != args.env_id:
         raise RunError(f"run {run.name} trained on {run_env}, not {args.env_id}: pass --env-id {run_env}")
@@ -427,6 +446,8 @@ def add_refine_parser(sub, add_verify_flags) -> None:
                                       "verification)")
     p.add_argument("--env-id", required=True)
     p.add_argument("--from-run", required=True, help="the run folder (runs/RUN_NAME) of a --reward vlmcar training")
+    p.add_argument("--parent", default=None, metavar="ENTRY",
+                   help="the cache entry the run trained on, for runs whose args.json has no vlmcar_program record")
     p.add_argument("--view", default=None, help="the view the run's program reads (default: the run's view)")
     p.add_argument("--view-doc", default=None, metavar="FILE",
                    help="a text file describing what the view's values mean, as for synthesize (generic family)")

@@ -416,3 +416,28 @@ def test_refine_with_the_manual_backend_writes_the_prompt_then_continues(tmp_pat
     entry = json.loads(next(rc.glob("*.json")).read_text())
     assert entry["passed"] and entry["backend"] == "manual" and entry["parent"]["file"] == PARENT.name
     assert entry["refined_from_run"]["run"] == "run1"
+
+
+def test_parent_flag_serves_runs_older_than_the_program_record(tmp_path):
+    """A run whose args.json predates the `vlmcar_program` record is read with --parent ENTRY; a bad entry is a
+    clear error."""
+    from cleanrl_vlmcar.refine import RunError, read_run
+    from torch.utils.tensorboard import SummaryWriter
+
+    run = tmp_path / "old_run"
+    run.mkdir()
+    (run / "args.json").write_text('{"env_id": "MiniGrid-KeyCorridorS3R1-v0", "reward": "vlmcar"}')
+    with SummaryWriter(str(run)) as w:
+        for step in (100, 200):
+            for k in (1, 2, 3):
+                w.add_scalar(f"vlmcar/subtask_{k}_rate", 0.5 / k, step)
+    with pytest.raises(RunError, match="--parent"):
+        read_run(run)
+    entry = next(p for p in (ROOT / "reward_cache").glob("MiniGrid-KeyCorridorS3R1-v0__state__*.json")
+                 if p.stem.count("__") == 2)
+    got = read_run(run, entry)
+    assert got.program["cache_key"] == entry.stem.split("__")[2] and len(got.program["subtasks"]) == 3
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(RunError, match="not a readable reward cache entry"):
+        read_run(run, bad)
