@@ -386,13 +386,34 @@ def _walk(program: Loaded, views: list, with_progress: bool) -> dict:
             "exception_examples": exc_examples, "progress_problems": prog_count, "progress_examples": prog_examples}
 
 
+def _unpack_columns(msg: dict):
+    """The (index, k, view, None) items of a step sent as columns (program.pack_columns): each env's view is a
+    mappingproxy whose arrays are read-only, each over its own immutable bytes (a row of a shared array would lead,
+    through `.base`, to the other envs' views: a program must see only its own env)."""
+    keys, columns = msg["columns"]
+    cols = []
+    for key in keys:
+        col = columns[key]
+        if isinstance(col, PackedArray):
+            dtype, shape = np.dtype(col.dtype), col.shape[1:]
+            size = dtype.itemsize * math.prod(shape)
+            data = memoryview(col.data)
+            col = [np.frombuffer(bytes(data[j * size:(j + 1) * size]), dtype=dtype).reshape(shape)
+                   for j in range(col.shape[0])]
+        else:
+            col = [v if isinstance(v, _SCALARS) else freeze(v) for v in col]
+        cols.append(col)
+    for j, (i, k) in enumerate(msg["index"]):
+        yield i, k, types.MappingProxyType({key: col[j] for key, col in zip(keys, cols)}), None
+
+
 def _step(program: Loaded, starts: dict, msg: dict) -> bytes:
     """One vector step: for each env (index, next sub-task k or -1 for a new episode, view, start view or None)."""
     n, K, with_progress = msg["n"], program.k, msg["progress"]
     new_k = [0] * n
     progress = [0.0] * n
     program.failures = 0
-    for i, k, view, start in msg["items"]:
+    for i, k, view, start in msg["items"] if "items" in msg else _unpack_columns(msg):
         if start is not None:
             starts[i] = freeze(start)
         view = freeze(view)

@@ -497,3 +497,33 @@ def test_terms_without_a_program_and_the_sparse_hook_agree_on_the_books():
             got += [(r.env_index, r.env_return, r.length, r.success) for r in h.episodes]
         records.append(got)
     assert records[0] == records[1] and len(records[0]) >= 2
+
+
+def test_step_views_sent_as_columns_answer_like_views_sent_one_by_one():
+    """The worker gets a vector step's views as columns when they share keys, shapes and dtypes; the answers are the
+    same as with one packed view per env, and each env's arrays are over their own bytes (`.base` of a view's
+    array never leads to another env's view)."""
+    from cleanrl_vlmcar.confine import ProgramWorker
+    from cleanrl_vlmcar.program import pack_columns
+
+    program = load_program("SUBTASKS = ['x is set', 'own bytes only']\n"
+                           "def subtask_1(obs, start):\n    return obs['a'][0, 0] > 0\n"
+                           "def subtask_2(obs, start):\n"
+                           "    return len(obs['a'].base.base) == obs['a'].nbytes and obs['t'][1] == 'b'\n")
+    rng = np.random.default_rng(0)
+    views = [{"a": rng.integers(0, 2, size=(2, 3)).astype(np.int16), "t": (1, "b"), "m": "same"} for _ in range(5)]
+    assert pack_columns(views) is not None
+    assert pack_columns(views[:2] + [{"a": np.zeros((3, 3), np.int16), "t": (1, "b"), "m": "same"}]) is None
+    assert pack_columns(views[:2] + [{"t": (1, "b"), "a": views[0]["a"], "m": "same"}]) is None  # key order differs
+    with pytest.raises(TypeError, match="object arrays"):
+        pack_columns([{"a": np.zeros(2, dtype=object)}, {"a": np.zeros(2, dtype=object)}])
+    answers = []
+    with ProgramWorker(program, memory_mb=256) as w:
+        for columns in (True, False):
+            assert w.step([(i, -1, v, None) for i, v in enumerate(views)], 5, False, 10.0)[1] == [0] * 5
+            items = [(i, 0, v, None) for i, v in enumerate(views)]
+            if not columns:  # a start view to register forces the one-by-one form
+                items[0] = (0, 0, views[0], views[0])
+            answers.append(w.step(items, 5, False, 10.0)[1])
+    expected = [2 if v["a"][0, 0] > 0 else 0 for v in views]
+    assert answers[0] == answers[1] == expected
