@@ -19,6 +19,7 @@ import tyro
 from torch.utils.tensorboard import SummaryWriter
 
 from cleanrl_vlmcar.errors import VLMCaRError  # VLM-CaR
+from cleanrl_vlmcar.her import HindsightRelabeller, check_her  # VLM-CaR
 from cleanrl_vlmcar.rewards import make_reward_hook  # VLM-CaR
 
 
@@ -114,11 +115,15 @@ class Args:
     """run CLIP in half precision (GPU only)"""
     clip_end_episode: bool = False
     """end the episode when the CLIP reward fires, as in Baumli et al. (binary mode)"""
+    her: bool = False
+    """hindsight experience replay (goal-conditioned envs): relabelled copies of each transition, rewards recomputed"""
+    her_k: int = 4
+    """--her: relabelled copies per transition, goals achieved later in the same episode (future strategy)"""
 
 
 class GoalObservation(gym.ObservationWrapper):
     """The policy input of a goal-conditioned env: `observation` and `desired_goal` concatenated into one vector
-    (`achieved_goal` repeats part of `observation` in panda-gym and is left out)."""
+    (`achieved_goal` repeats part of `observation` in panda-gym and is left out; it goes into `info`, for --her)."""
 
     def __init__(self, env):
         super().__init__(env)
@@ -131,6 +136,14 @@ class GoalObservation(gym.ObservationWrapper):
 
     def observation(self, obs):
         return np.concatenate([obs["observation"].ravel(), obs["desired_goal"].ravel()]).astype(np.float32)
+
+    def reset(self, **kwargs):  # VLM-CaR: the achieved goal goes into info, for --her
+        obs, info = self.env.reset(**kwargs)
+        return self.observation(obs), {**info, "achieved_goal": obs["achieved_goal"]}
+
+    def step(self, action):  # VLM-CaR: the achieved goal goes into info, for --her
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        return self.observation(obs), reward, terminated, truncated, {**info, "achieved_goal": obs["achieved_goal"]}
 
 
 def make_env(env_id, seed, idx, capture_video, run_name, render=False):
@@ -292,6 +305,12 @@ if __name__ == "__main__":
     except gym.error.Error as e:  # an unknown id, a missing dependency (--capture-video needs moviepy), ...
         hint = " (panda-gym ids look like PandaPush-v3)" if isinstance(e, gym.error.UnregisteredEnv) else ""
         raise SystemExit(f"error: cannot create environment {args.env_id!r}: {e}{hint}")
+    if args.her:  # VLM-CaR: a goal-conditioned env, and a reward HER can recompute (state view, bonus shaping)
+        try:
+            check_her(envs, args.reward, args.view, args.shaping, args.her_k)
+        except VLMCaRError as e:
+            envs.close()
+            raise SystemExit(f"error: {e}")
     if not isinstance(envs.single_action_space, gym.spaces.Box):
         envs.close()
         raise SystemExit(
@@ -352,6 +371,8 @@ if __name__ == "__main__":
     obs, infos = envs.reset(seed=args.seed)
     try:
         reward_hook = make_reward_hook(envs, args, writer, infos, obs)  # VLM-CaR: verified program -> hook
+        her = HindsightRelabeller(envs, reward_hook, args.her_k, args.bonus, args.seed,  # VLM-CaR: --her
+                                  args.require_confinement) if args.her else None
     except VLMCaRError as e:  # no program, unsupported env or view, backend failure: stop before training
         envs.close()
         writer.close()
@@ -388,6 +409,8 @@ if __name__ == "__main__":
         # observation (bootstrapped from on truncation: done = termination only)
         keep = ~autoreset
         rb.add(obs[keep], next_obs[keep], actions[keep], rewards[keep], terminations[keep])
+        if her is not None:  # VLM-CaR: when an episode ends, k relabelled copies of each of its transitions
+            rb.add(*her.step(obs, next_obs, actions, terminations, truncations, infos, autoreset))
         autoreset = np.logical_or(terminations, truncations)
 
         # TRY NOT TO MODIFY: CRUCIAL step easy to overlook
@@ -476,5 +499,8 @@ if __name__ == "__main__":
         print(f"model saved to {model_path}")
 
     reward_hook.close()  # VLM-CaR: stop the confined program worker
+    if her is not None:  # VLM-CaR: --her's counts; stop its program worker
+        print(her.status())
+        her.close()
     envs.close()
     writer.close()
