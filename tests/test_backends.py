@@ -253,6 +253,7 @@ def hf_offline(monkeypatch):
     set_hf_offline(monkeypatch)
 
 
+@pytest.mark.slow
 def test_hf_tiny_model_generates(tiny_vlm_dir, hf_offline):
     be = make_backend("hf", model=str(tiny_vlm_dir), temperature=0.0, max_tokens=8, device="cpu")
     assert be.name == "hf" and be.model == str(tiny_vlm_dir)
@@ -268,6 +269,7 @@ def test_hf_tiny_model_generates(tiny_vlm_dir, hf_offline):
     assert isinstance(be_s.complete(Prompt("just text", [])), str)
 
 
+@pytest.mark.slow
 def test_hf_missing_path(tmp_path, hf_offline):
     missing = tmp_path / "no-such-model"
     be = make_backend("hf", model=str(missing))  # lazy: nothing loaded yet
@@ -276,6 +278,7 @@ def test_hf_missing_path(tmp_path, hf_offline):
     assert str(missing) in str(ei.value)
 
 
+@pytest.mark.slow
 def test_hf_unknown_hub_id_offline(hf_offline):
     be = make_backend("hf", model="vlmcar-tests/definitely-not-a-model")
     with pytest.raises(BackendError) as ei:

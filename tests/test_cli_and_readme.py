@@ -97,6 +97,7 @@ def test_check_with_env_constants(capsys):
     assert "no 'depth' view" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_cli_runs_as_module():
     r = subprocess.run([sys.executable, "-m", "cleanrl_vlmcar", "check", str(ROOT / "examples" / "keycorridor_state.py")],
                        capture_output=True, text=True, timeout=120)

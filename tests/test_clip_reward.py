@@ -83,6 +83,7 @@ def _hand_texts(cfg, mission):
 
 
 # ---------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_binary_matches_hand_computation(tiny_clip_dir, hand, frames):
     text, image = hand
     cfg = _cfg(tiny_clip_dir)
@@ -108,6 +109,7 @@ def test_binary_matches_hand_computation(tiny_clip_dir, hand, frames):
     assert rewards.sum() == 4.0
 
 
+@pytest.mark.slow
 def test_batch_equals_single_calls(tiny_clip_dir, frames):
     for mode in ("binary", "vlmrm"):
         r = ClipReward(_cfg(tiny_clip_dir, mode=mode), mission=MISSION)
@@ -120,6 +122,7 @@ def test_batch_equals_single_calls(tiny_clip_dir, frames):
     assert r(frames[0])[0].shape == (1,)
 
 
+@pytest.mark.slow
 def test_threshold_edges(tiny_clip_dir, frames):
     r = ClipReward(_cfg(tiny_clip_dir), mission=MISSION)
     p = r.p_goal(frames[:1])
@@ -134,6 +137,7 @@ def test_threshold_edges(tiny_clip_dir, frames):
     assert np.all(ClipReward(_cfg(tiny_clip_dir, threshold=1.0), mission=MISSION)(frames)[0] == 0.0)
 
 
+@pytest.mark.slow
 def test_single_text_degenerate_case_rejected(tiny_clip_dir):
     with pytest.raises(ClipRewardError, match="negatives"):
         ClipReward(_cfg(tiny_clip_dir, negatives=()), mission=MISSION)
@@ -142,11 +146,13 @@ def test_single_text_degenerate_case_rejected(tiny_clip_dir):
         ClipReward(_cfg(tiny_clip_dir, negatives=(" Pick up the  purple ball",)), mission=MISSION)
 
 
+@pytest.mark.slow
 def test_mission_removed_from_negatives(tiny_clip_dir):
     r = ClipReward(_cfg(tiny_clip_dir, negatives=("open the door", MISSION.upper())), mission=MISSION)
     assert len(r.texts) == 2 and r.negative_texts[0].endswith("open the door")
 
 
+@pytest.mark.slow
 def test_temperature_makes_p_more_extreme(tiny_clip_dir, frames):
     k = 1 + len(DEFAULT_NEGATIVES)
     ps = {t: ClipReward(_cfg(tiny_clip_dir, temperature=t), mission=MISSION).p_goal(frames) for t in (1e-4, 0.01, 1.0, 100.0)}
@@ -158,6 +164,7 @@ def test_temperature_makes_p_more_extreme(tiny_clip_dir, frames):
     assert dist[100.0] < dist[1.0] < dist[0.01] <= dist[1e-4] + 1e-9
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("alpha", [0.0, 0.5, 1.0])
 def test_vlmrm_matches_hand_computation(tiny_clip_dir, hand, frames, alpha):
     text, image = hand
@@ -180,6 +187,7 @@ def test_vlmrm_matches_hand_computation(tiny_clip_dir, hand, frames, alpha):
         np.testing.assert_allclose(rewards, x @ g, atol=1e-5)  # unit vectors: equals cosine
 
 
+@pytest.mark.slow
 def test_pad_to_square(tiny_clip_dir, hand, frames):
     _, image = hand
     wide = np.ascontiguousarray(frames[:2, :14])  # (2, 14, 32, 3): wider than tall
@@ -248,6 +256,7 @@ def test_empty_mission_rejected():
         ClipReward(_cfg("/nonexistent"), mission="  ")
 
 
+@pytest.mark.slow
 def test_bad_frames_rejected(tiny_clip_dir, frames):
     r = ClipReward(_cfg(tiny_clip_dir), mission=MISSION)
     with pytest.raises(ClipRewardError, match="uint8"):
@@ -258,6 +267,7 @@ def test_bad_frames_rejected(tiny_clip_dir, frames):
         r(frames[:0])
 
 
+@pytest.mark.slow
 def test_fp16_ignored_on_cpu(tiny_clip_dir, frames):
     with pytest.warns(UserWarning, match="fp16"):
         r = ClipReward(_cfg(tiny_clip_dir, fp16=True), mission=MISSION)
@@ -265,6 +275,7 @@ def test_fp16_ignored_on_cpu(tiny_clip_dir, frames):
     assert r(frames[:2])[0].shape == (2,)
 
 
+@pytest.mark.slow
 def test_bad_device_rejected(tiny_clip_dir):
     with pytest.raises(ClipRewardError, match="device"):
         ClipReward(ClipRewardConfig(model=tiny_clip_dir, device="nonsense-device"), mission=MISSION)
@@ -277,6 +288,7 @@ def test_defaults_documented_values():
     assert (c.temperature, c.threshold, c.mode, c.alpha, c.device, c.fp16) == (0.01, 0.5, "binary", 0.5, "auto", False)
 
 
+@pytest.mark.slow
 def test_truncated_texts_warn(tiny_clip_dir):
     # the tiny tokenizer is character-level with a 256-token context
     with pytest.warns(UserWarning, match="truncated"):

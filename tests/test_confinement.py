@@ -3,6 +3,8 @@
 Layers under attack: the static check (`program.check_source`, also `python -m cleanrl_vlmcar check`), the confined
 worker (`confine.ProgramWorker`: rlimits, no_new_privs, capabilities, Landlock, seccomp), verification
 (`verify.verify_program`), the training hook (`integrate.RewardHook`) and the text that flows back to people and VLMs.
+Section 10 holds the worker's ordinary runtime behaviour: load errors, frozen data, minimal builtins, and
+failures that are errors for verification and False for the hook.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import gymnasium as gym
 import minigrid  # noqa: F401 - registers the MiniGrid envs
 import numpy as np
 import pytest
+from helpers_program import run
 
 from cleanrl_vlmcar.confine import ProgramWorker, WorkerError
 from cleanrl_vlmcar.integrate import RewardHook
@@ -126,6 +129,7 @@ def deep_source(form: str, n: int) -> str:
     return DEEP_HEAD + eval(DEEP_FORMS[form])(n) + "\n"  # noqa: S307 - our own test data
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("form", ["unary minus", "left-deep sum", "call chain", "nested lists", "nested filter"])
 def test_check_cli_refuses_deep_nesting_fast_without_crashing(tmp_path, form):
     """~100k-character deeply nested expressions: exit 1 within 5 s, never a crash (negative return code)."""
@@ -162,6 +166,7 @@ print(len(outcomes), worst)
 """
 
 
+@pytest.mark.slow
 def test_static_check_survives_every_nesting_depth():
     """check_source at many depths of every nesting form, in a child process: OK or ProgramError, never a crash
     and never more than 5 s."""
@@ -172,6 +177,7 @@ def test_static_check_survives_every_nesting_depth():
     assert int(count) > 80 and float(worst) < 5.0
 
 
+@pytest.mark.slow
 def test_check_cli_refuses_a_10_mb_file_fast(tmp_path):
     """A 10 MB program is refused by size (exit 1) within 5 s."""
     path = tmp_path / "huge.py"
@@ -259,6 +265,7 @@ def test_statically_refused(name):
     assert isinstance(info.value, ValueError) and info.value.problems
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["np.seterr", "default-arg counter in subtask", "assignment into start",
                                   "module-level call", "generator with yield"])
 def test_check_cli_exit_1_for_refused_programs(tmp_path, name):
@@ -580,6 +587,7 @@ def multi_worker():
     w.close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["subtask", "progress"])
 @pytest.mark.parametrize("name", ATTACK_NAMES)
 def test_worker_call_contains_hostile_checks(multi_worker, name, kind):
@@ -609,6 +617,7 @@ def test_worker_call_contains_hostile_checks(multi_worker, name, kind):
     assert multi_worker.call("subtask", ATTACK_NAMES.index("raise_big_int"), {}, {}, timeout_s=2.0)[0] is None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ATTACK_NAMES)
 def test_verify_fails_hostile_programs_in_bounded_time(name):
     """verify_program never raises, never passes a hostile program, names the failure, and respects its timeout."""
@@ -627,6 +636,7 @@ def test_verify_fails_hostile_programs_in_bounded_time(name):
     assert seconds < 2.0 + 3.0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("top", ["X = 10**10**10", "X = [0] * 10**10", "X = 1 / 0"])
 def test_verify_bounds_a_hostile_top_level(top):
     """A top level that hangs, exhausts memory or raises fails verification as a load error, in bounded time."""
@@ -677,6 +687,7 @@ def test_hook_control_pays_a_bonus_once_the_agent_turns():
     np.testing.assert_array_equal(shaped[3], env[3] + 1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["hang", "segfault"])
 def test_hook_survives_hanging_and_crashing_checks_and_switches_them_off(name):
     """Training neither hangs nor raises: failed replies restart the worker, the third in a row switches the
@@ -712,6 +723,7 @@ return True
 """
 
 
+@pytest.mark.slow
 def test_hostile_programs_leave_the_learner_untouched():
     """Patching np/math through a local alias is refused statically (attribute assignment); programs that crash or
     exhaust memory in the worker leave the test process's numpy, math, warnings and error state as they were."""
@@ -907,6 +919,7 @@ def process_state(pid: int) -> str | None:
         return None
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_training_and_its_worker(tmp_path):
     """SIGINT to the training process group while a check hangs: training exits within 2 s and its worker is
     gone (or a zombie) shortly after; the worker, in its own session, never received the SIGINT itself."""
@@ -969,3 +982,82 @@ def test_require_confinement_passes_on_this_kernel():
             pytest.skip("this kernel lacks Landlock or seccomp")
         assert w.confinement.capabilities_dropped and w.confinement.no_new_privs
         assert w.confinement.rlimits["fsize"] == 0 and w.confinement.rlimits["nofile"] > 0
+
+
+# ==========================================================================================================
+# 10. The worker's runtime behaviour: load errors, frozen data, minimal builtins, numpy's lazy imports
+# ==========================================================================================================
+def test_module_level_failure_is_reported_when_the_worker_loads_it():
+    p = load_program("X = 1 / 0\n" + prog("return True"))  # statically fine: constant arithmetic
+    with pytest.raises(WorkerError, match="ZeroDivisionError") as err:
+        ProgramWorker(p)
+    assert err.value.kind == "load"
+
+
+def test_module_level_constants_are_frozen_so_calls_cannot_keep_state():
+    source = "C = [0]\nT = {'n': 0}\n" + prog("C.append(1)\nreturn len(C) > 1")
+    got = run(source, [("subtask", 0, {}, None)] * 3)
+    assert all(value is None and "AttributeError" in error for value, error in got)  # a tuple has no append
+
+
+def test_views_are_read_only_in_the_worker():
+    source = prog("g = obs['a']\ng[0] = 5\nreturn True")
+    (value, error), = run(source, [("subtask", 0, {"a": np.zeros(3)}, None)])
+    assert value is None and "read-only" in error
+
+
+def test_minimal_builtins_at_runtime():
+    # `sorted` exists, `hex` does not: a name the static check allows but the builtins table lacks fails cleanly
+    got = run(prog("return sorted([2, 1]) == [1, 2]"), [("subtask", 0, None, None)])
+    assert got == [(True, None)]
+    (value, error), = run(prog("return bool(hex(3))"), [("subtask", 0, None, None)])
+    assert value is None and "NameError" in error
+
+
+def test_array_methods_work_in_the_confined_worker():
+    # numpy imports `numpy._core._methods` lazily the first time arr.any() / arr.sum() ... run in a process; the
+    # worker imports them before Landlock closes the filesystem, so a program never fails on that
+    methods = ["any", "all", "sum", "mean", "max", "min", "std", "prod", "var", "argmax", "cumsum"]
+    body = " and ".join(f"bool(np.all(a.{m}() >= 0))" for m in methods)
+    body += " and np.linalg.norm(a) > 0 and len(np.argwhere(a > 0)) == 3 and np.isclose(a, 1).all()"
+    assert run(prog(f"a = obs['a']\nreturn {body}"), [("subtask", 0, {"a": np.ones(3)}, None)]) == [(True, None)]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# runtime failures: an error for verification, False (and counted) for the hook
+# ----------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("body,kind", [
+    ("return obs['missing']", "KeyError"),
+    ("return 1 / 0", "ZeroDivisionError"),
+    ("return float('nan')", "not a bool"),
+    ("return 1", "not a bool"),
+    ("return None", "not a bool"),
+    ("return np.array([True, False])", "not a bool"),
+    ("return 10 ** 5000", "not a bool"),
+    ("raise ValueError(10 ** 5000)", "ValueError"),
+])
+def test_runtime_failures_are_errors_for_verification_and_false_for_the_hook(body, kind):
+    with ProgramWorker(load_program(prog(body))) as w:
+        value, error = w.call("subtask", 0, {}, {})
+        assert value is None and kind in error
+        failures, new_k, _ = w.step([(0, -1, {}, None), (1, -1, {}, None)], 2, False, 10.0)
+        failures, new_k, _ = w.step([(0, 0, {}, None), (1, 0, {}, None)], 2, False, 10.0)
+        assert failures == 2 and new_k == [0, 0]
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("0.25", 0.25), ("-0.5", 0.0), ("2", 1.0), ("np.float32(0.5)", 0.5), ("np.array(0.75)", 0.75),
+    ("np.int64(1)", 1.0), ("'0.5'", None), ("True", None), ("None", None), ("np.array([0.5])", None),
+    ("math.inf", None), ("[0.5]", None),
+])
+def test_progress_values_in_the_hook_and_in_verification(value, expected):
+    """The hook and verification accept the same progress values: one finite real number, clamped to [0, 1].
+    Anything else is an error for verification, and 0.0 (counted as a failure) in the hook."""
+    with ProgramWorker(load_program(prog("return False") + f"\ndef progress_1(obs, start):\n    return {value}\n")) as w:
+        got, error = w.call("progress", 0, {}, {})
+        failures, _, progress = w.step([(0, -1, {}, None)], 1, True, 10.0)
+    if expected is None:
+        assert got is None and "progress_1 returned" in error
+        assert progress[0] == 0.0 and failures == 1
+    else:
+        assert got == expected == progress[0] and failures == 0

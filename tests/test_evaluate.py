@@ -38,6 +38,7 @@ def test_evaluate_vlmcar_and_sparse(tmp_path, capsys):
     assert Image.open(out).size[0] > 100
 
 
+@pytest.mark.slow
 def test_evaluate_clip_pr_curve(tmp_path, tiny_clip, monkeypatch, capsys):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     js = tmp_path / "clip.json"

@@ -170,6 +170,7 @@ def test_hook_pays_mountaincar_subtasks_in_order_with_the_generic_success_rule()
     assert hook.task_without_success == 0.0
 
 
+@pytest.mark.slow
 def test_ppo_on_mountaincar_with_the_default_view_names_the_generic_views(tmp_path):
     from script_runs import run_script
 
@@ -180,6 +181,7 @@ def test_ppo_on_mountaincar_with_the_default_view_names_the_generic_views(tmp_pa
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 
 
+@pytest.mark.slow
 def test_ppo_trains_on_mountaincar_with_the_shipped_program(tmp_path):
     from script_runs import only_run, run_script, scalars
 

@@ -1,4 +1,4 @@
-"""Tests for the generate stage (cleanrl_vlmcar.generate) and the reward cache (cleanrl_vlmcar.cache).
+"""Tests for the generate stage (cleanrl_vlmcar.generate); the reward cache's own tests are in test_cache.py.
 
 No network and no model weights: the openai backend talks to a scripted loopback server on 127.0.0.1, the hf
 backend runs a tiny random LLaVA built on the spot, the manual backend reads answers the test writes. Every
@@ -8,26 +8,23 @@ cache, trajectory and prompt folder lives under pytest's tmp paths.
 from __future__ import annotations
 
 import json
-import os
-import stat
-import threading
 from pathlib import Path
 
 import pytest
-from helpers_vlm import ChatServer, build_tiny_vlm, completion, scrub_openai_env, set_hf_offline, user_text
+from helpers_program import ENV
+from helpers_program import minimal_entry as _minimal_entry
+from helpers_vlm import ChatServer, build_tiny_vlm, completion, set_hf_offline, user_text
 
 from cleanrl_vlmcar import cache
 from cleanrl_vlmcar.__main__ import main
 from cleanrl_vlmcar.backends import BackendError, ManualAnswerNeeded, ManualBackend, OpenAIBackend, make_backend
-from cleanrl_vlmcar.cache import CacheError
 from cleanrl_vlmcar.generate import SynthesisConfig, SynthesisError, reward_program, synthesize
 from cleanrl_vlmcar.program import RewardProgram, check_source
 from cleanrl_vlmcar.views import ViewError
 
-pytestmark = pytest.mark.timeout(150)
+pytestmark = [pytest.mark.timeout(150), pytest.mark.usefixtures("isolated_caches")]
 
 ROOT = Path(__file__).resolve().parents[1]
-ENV = "MiniGrid-KeyCorridorS3R1-v0"
 GOOD = (ROOT / "examples" / "keycorridor_state.py").read_text()
 GOOD_SUBTASKS = check_source(GOOD).subtasks
 assert len(GOOD_SUBTASKS) == 3 and "key" in GOOD_SUBTASKS[0]
@@ -44,20 +41,6 @@ NO_BLOCK_ANSWER = "I would split the task into picking up the key, opening the d
 
 
 # ------------------------------------------------------------------------------------------------ fixtures
-
-
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch):
-    """Nothing may land in the repository: the default reward cache and the cwd-relative .vlmcar go to tmp."""
-    scrub_openai_env(monkeypatch)
-    monkeypatch.setattr(cache, "DEFAULT_DIR", tmp_path / "default_reward_cache")
-    monkeypatch.chdir(tmp_path)
-
-
-@pytest.fixture(scope="module")
-def traj_cache(tmp_path_factory):
-    """One trajectory cache for the module (trajectories are deterministic; sharing only saves time)."""
-    return tmp_path_factory.mktemp("traj")
 
 
 @pytest.fixture
@@ -111,14 +94,10 @@ def _only_entry(reward_cache) -> dict:
     return json.loads(files[0].read_text())
 
 
-def _minimal_entry(program: str, passed: bool, **extra) -> dict:
-    return {"env_id": ENV, "view": "state", "backend": "manual", "model": "", "rounds": [], "program": program,
-            "passed": passed, "report": None, "created": cache.now(), "complete": True, **extra}
-
-
 # ------------------------------------------------------------------------------------------------ 1. manual
 
 
+@pytest.mark.slow
 def test_manual_cli_two_rounds_then_cache_hit(tmp_path, traj_cache, capsys):
     manual, rc = tmp_path / "manual", tmp_path / "rc"
     args = ("--vlm", "manual", "--manual-dir", str(manual))
@@ -192,6 +171,7 @@ def test_manual_cli_two_rounds_then_cache_hit(tmp_path, traj_cache, capsys):
     assert isinstance(program, RewardProgram) and program.subtasks == GOOD_SUBTASKS
 
 
+@pytest.mark.slow
 def test_manual_force_asks_again(tmp_path, traj_cache, capsys):
     """--force with --vlm manual asks for a new reply: the answer.md the earlier entry was made from is moved aside,
     not replayed as a "new" synthesis; the earlier entry stays in use until the new reply passes."""
@@ -265,6 +245,7 @@ def test_openai_always_failing_before_any_round_saves_nothing(cfg, tmp_path):
     assert _entries(tmp_path / "rc") == []
 
 
+@pytest.mark.slow
 def test_openai_failure_after_a_round_saves_and_resumes(tmp_path, traj_cache, capsys, monkeypatch):
     monkeypatch.setattr(OpenAIBackend, "_sleep_for", lambda self, attempt, exc: 0.0)  # retries without waiting
     rc = tmp_path / "rc"
@@ -299,6 +280,7 @@ def test_openai_failure_after_a_round_saves_and_resumes(tmp_path, traj_cache, ca
 # ------------------------------------------------------------------------------------------------ 3. hf
 
 
+@pytest.mark.slow
 def test_hf_tiny_model_garbage_is_no_crash(tiny_vlm_dir, cfg, traj_cache, tmp_path, monkeypatch):
     set_hf_offline(monkeypatch)
     backend = make_backend("hf", model=str(tiny_vlm_dir), max_tokens=16, temperature=0.0, device="cpu")
@@ -373,96 +355,7 @@ def test_reward_program_ignores_failing_entries(tmp_path):
         reward_program(ENV, "state", reward_cache=rc)
 
 
-# ------------------------------------------------------------------------------------------------ 5. cache
-
-
-def test_corrupt_cache_file_is_named(tmp_path, traj_cache, capsys):
-    rc = tmp_path / "rc"
-    cache.write_entry(_minimal_entry(GOOD, True), cache.entry_path(ENV, "state", "good", rc))
-    bad = cache.entry_path(ENV, "state", "broken", rc)
-    bad.write_text('{"env_id": "MiniGrid-KeyCorridorS3R1-v0", "view": ')
-    with pytest.raises(CacheError) as ei:
-        cache.lookup(ENV, "state", rc)
-    assert str(bad) in str(ei.value) and "corrupt" in str(ei.value)
-    with pytest.raises(CacheError, match="broken"):
-        reward_program(ENV, "state", reward_cache=rc)
-    assert main(["verify", "--env-id", ENV, "--reward-cache", str(rc), "--n", "5",
-                 "--cache-dir", str(traj_cache)]) == 2
-    err = capsys.readouterr().err
-    assert str(bad) in err and "corrupt" in err
-    # a binary file is corrupt as well, not a crash
-    bad.write_bytes(b"\xff\xfe\x00garbage")
-    with pytest.raises(CacheError, match="corrupt"):
-        cache.read_entry(bad)
-
-
-def test_incomplete_cache_file_is_named(tmp_path):
-    rc = tmp_path / "rc"
-    path = cache.entry_path(ENV, "state", "partial", rc)
-    path.parent.mkdir(parents=True)
-    path.write_text(json.dumps({"env_id": ENV, "view": "state", "complete": False, "rounds": []}))
-    with pytest.raises(CacheError) as ei:
-        cache.read_entry(path)
-    msg = str(ei.value)
-    assert str(path) in msg and "incomplete" in msg and "program" in msg and "passed" in msg
-    with pytest.raises(CacheError, match="partial"):
-        reward_program(ENV, "state", reward_cache=rc)
-    path.write_text("[1, 2, 3]")  # valid JSON, not an entry
-    with pytest.raises(CacheError, match="incomplete"):
-        cache.read_entry(path)
-    with pytest.raises(CacheError, match="does not exist"):
-        cache.read_entry(tmp_path / "nope.json")
-
-
-def test_write_entry_is_atomic(tmp_path):
-    rc = tmp_path / "rc"
-    path = cache.entry_path(ENV, "state", "k", rc)
-    cache.write_entry(_minimal_entry(GOOD, True), path)
-    assert [p.name for p in rc.iterdir()] == [path.name]  # no temp file left behind
-    umask = os.umask(0o022)
-    os.umask(umask)
-    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask  # an ordinary file, not mkstemp's private 0600
-    before = path.read_bytes()
-    entry = json.loads(before)
-    assert entry["program"] == GOOD and entry["package_version"] and entry["updated"]
-
-    with pytest.raises(TypeError):  # json.dump fails half-way: the old file stays, the temp file is removed
-        cache.write_entry(_minimal_entry("SUBTASKS = []\n", True, extra={"not json": object()}), path)
-    assert path.read_bytes() == before
-    assert [p.name for p in rc.iterdir()] == [path.name]
-    with pytest.raises(ValueError, match="program"):
-        cache.write_entry({"env_id": ENV}, path)
-    assert path.read_bytes() == before
-
-    # concurrent writers never leave a reader with a partial file
-    errors: list[Exception] = []
-    stop = threading.Event()
-
-    def writer(i):
-        for j in range(40):
-            cache.write_entry(_minimal_entry(GOOD * (1 + (i + j) % 3), True), path)
-
-    def reader():
-        while not stop.is_set():
-            try:
-                cache.read_entry(path)
-            except Exception as e:  # noqa: BLE001
-                errors.append(e)
-
-    readers = [threading.Thread(target=reader) for _ in range(2)]
-    writers = [threading.Thread(target=writer, args=(i,)) for i in range(3)]
-    for t in readers + writers:
-        t.start()
-    for t in writers:
-        t.join()
-    stop.set()
-    for t in readers:
-        t.join()
-    assert errors == []
-    assert [p.name for p in rc.iterdir()] == [path.name]
-
-
-# ------------------------------------------------------------------------------------------------ 6. answers
+# ------------------------------------------------------------------------------------------------ 5. answers
 
 
 def test_answer_parsing_through_synthesis(cfg):
@@ -504,6 +397,7 @@ def test_all_rounds_failing_is_recorded_and_cached(cfg):
         synthesize(ENV, "state", Exploding([]), cfg(rounds=2, force=True))
 
 
+@pytest.mark.slow
 def test_force_keeps_the_earlier_entry(cfg, monkeypatch):
     """--force synthesizes again under the same key; the earlier entry is set aside, not overwritten."""
     monkeypatch.setattr(cache, "now", lambda: "2026-11-24T05:03:36+00:00")  # all in one second: the worst case
@@ -524,23 +418,7 @@ def test_force_keeps_the_earlier_entry(cfg, monkeypatch):
     assert cache.lookup(ENV, "state", cfg().reward_cache)[0] == first.path  # the newest passing entry
 
 
-def test_set_aside_entries_of_one_second_keep_their_order(tmp_path, monkeypatch):
-    """Eleven forced syntheses under one key in one second: each is set aside in turn, and lookup still knows which
-    is newest (the one at the key's own name, then `-11` over `-10` over `-2` over the unnumbered one)."""
-    rc = tmp_path / "rc"
-    monkeypatch.setattr(cache, "now", lambda: "2026-11-24T05:03:36+00:00")
-    path = cache.entry_path(ENV, "state", "same", rc)
-    for i in range(12):
-        if path.exists():
-            cache.set_aside(path)
-        cache.write_entry(_minimal_entry(f"SUBTASKS = ['v{i}']\n", True), path)
-        assert cache.lookup(ENV, "state", rc)[1]["program"] == f"SUBTASKS = ['v{i}']\n"
-    assert len(list(rc.glob("*.json"))) == 12
-    path.unlink()  # without the newest, the last one set aside (`-11`) is the newest
-    assert cache.lookup(ENV, "state", rc)[0].name.endswith("__20261124T050336-11.json")
-    assert cache.lookup(ENV, "state", rc)[1]["program"] == "SUBTASKS = ['v10']\n"
-
-
+@pytest.mark.slow
 def test_force_resumes_an_interrupted_synthesis(cfg):
     """An incomplete entry is resumed from its recorded answers, with or without --force (nothing is asked twice)."""
     class DownAfterOne(Scripted):
@@ -572,6 +450,7 @@ def test_cache_backend_replays_only(tmp_path, capsys):
     assert not traj.exists()
 
 
+@pytest.mark.slow
 def test_demonstrations_as_expert_source(tmp_path, cfg):
     """--expert-source demos: replayed demonstrations carry no frames, the prompt still gets its two images."""
     import numpy as np
@@ -598,7 +477,7 @@ def test_demonstrations_as_expert_source(tmp_path, cfg):
     np.testing.assert_array_equal(prompt.images[1][1], expert[0].frames[-1])
 
 
-# ------------------------------------------------------------------------------------------------ 7. views
+# ------------------------------------------------------------------------------------------------ 6. views
 
 
 def test_unsupported_env_or_view_fails_before_any_work(tmp_path, traj_cache):
@@ -622,6 +501,7 @@ def test_unsupported_env_or_view_fails_before_any_work(tmp_path, traj_cache):
         reward_program(ENV, "depth", reward_cache=rc)
 
 
+@pytest.mark.slow
 def test_manual_repeated_prompt_asks_for_a_new_answer(tmp_path, traj_cache, capsys):
     """The same wrong answer twice makes round 3's prompt equal round 2's: the manual backend must not replay the
     answer.md it already used in round 2, but ask again (exit 3), and the used reply is kept aside."""

@@ -58,6 +58,7 @@ def reach_envs(sac, seed, num_envs=1):
                                      for i in range(num_envs)])
 
 
+@pytest.mark.slow
 def test_relabelled_reward_equals_the_hook_on_a_real_episode_with_that_goal(sac):
     seed, length = 5, 50
     rng = np.random.default_rng(0)
@@ -125,6 +126,7 @@ def test_relabelled_reward_equals_the_hook_on_a_real_episode_with_that_goal(sac)
     assert paid_bonus == 2 * program.num_subtasks
 
 
+@pytest.mark.slow
 def test_future_strategy_k_copies_and_later_goals_of_the_same_episode(sac):
     k, seed = 3, 11
     envs = reach_envs(sac, seed, num_envs=2)
@@ -210,6 +212,7 @@ def test_refusals(sac):
     envs.close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flags,says", [
     # MiniGrid is refused by check_her above; sac_vlmcar.py does not register it (and has no discrete actions)
     (["--env-id", "Pendulum-v1"], "goal-conditioned"),
@@ -234,6 +237,7 @@ def reach_cache(tmp_path):
     return folder
 
 
+@pytest.mark.slow
 def test_tiny_her_run_through_the_script(tmp_path, reach_cache):
     r = run_script(SCRIPT, ["--env-id", "PandaReach-v3", "--her", "--total-timesteps", "600", "--learning-starts",
                             "200"], tmp_path, env={"VLMCAR_REWARD_CACHE": str(reach_cache)})

@@ -248,6 +248,7 @@ def test_pixels_view_shape_and_doc():
     assert "`grid`" in docs[("minigrid", "state")] and "OBJECT_TO_IDX" in docs[("minigrid", "state")]
 
 
+@pytest.mark.slow
 def test_panda_state_view_matches_observation():
     import panda_gym  # noqa: F401
     env = gym.make("PandaPush-v3")
@@ -297,6 +298,7 @@ def test_sparse_hook_matches_record_episode_statistics():
     assert len(ours) > 20 and ours == theirs
 
 
+@pytest.mark.slow
 def test_panda_pixels_doc_is_measured_and_still_true():
     """The panda pixels view's documentation comes from measurements (colours, camera, pixels per metre); measuring
     again gives the committed numbers, and the doc the VLM reads carries them."""

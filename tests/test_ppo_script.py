@@ -6,6 +6,8 @@ from pathlib import Path
 import pytest
 from script_runs import assert_every_frame_rewarded, only_run, run_script, scalars
 
+pytestmark = pytest.mark.slow  # every test runs the script in a subprocess
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = str(ROOT / "ppo_vlmcar.py")
 TINY = ["--num-envs", "2", "--num-steps", "128", "--total-timesteps", "1024", "--update-epochs", "1"]

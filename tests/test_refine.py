@@ -347,6 +347,7 @@ def test_summary_only_prints_the_summary_and_asks_no_vlm(tmp_path, capsys):
 # ------------------------------------------------------------------------------------------------ 4. end to end
 
 
+@pytest.mark.slow
 def test_refine_with_a_fake_vlm_writes_a_verified_entry_with_its_parent_and_run(tmp_path, traj_cache):
     run = make_run(tmp_path)
     rc = tmp_path / "rc"
@@ -385,6 +386,7 @@ def test_refine_with_a_fake_vlm_writes_a_verified_entry_with_its_parent_and_run(
                  "--cache-dir", str(traj_cache)]) == 0
 
 
+@pytest.mark.slow
 def test_refined_program_that_fails_verification_gets_feedback_then_exit_1(tmp_path, traj_cache, capsys):
     run = make_run(tmp_path)
     rc = tmp_path / "rc"
@@ -401,6 +403,7 @@ def test_refined_program_that_fails_verification_gets_feedback_then_exit_1(tmp_p
     assert cache.lookup(ENV, "state", rc) is None
 
 
+@pytest.mark.slow
 def test_refine_with_the_manual_backend_writes_the_prompt_then_continues(tmp_path, traj_cache, capsys):
     run = make_run(tmp_path)
     rc, manual = tmp_path / "rc", tmp_path / "manual"

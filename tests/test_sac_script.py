@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 from script_runs import assert_every_frame_rewarded, only_run, run_script, scalars
 
+pytestmark = pytest.mark.slow  # every test runs the script in a subprocess
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = str(ROOT / "sac_vlmcar.py")
 # 300 steps: six 50-step panda-gym episodes, 200 gradient steps, losses logged at steps 200 and 300

@@ -67,11 +67,11 @@ def test_shipped_entry_passes_a_plain_verify(env_id, view, tmp_path):
 @pytest.mark.parametrize("env_id,view", ENTRIES)
 def test_shipped_entry_loads_into_the_hook(env_id, view):
     envs = gym.vector.SyncVectorEnv([lambda: make_env(env_id) for _ in range(2)])
-    _, infos = envs.reset(seed=0)
-    hook = make_reward_hook(envs, SimpleNamespace(reward="vlmcar", env_id=env_id, view=view), None, infos)
+    obs, infos = envs.reset(seed=0)
+    hook = make_reward_hook(envs, SimpleNamespace(reward="vlmcar", env_id=env_id, view=view), None, infos, obs)
     for _ in range(20):
-        _, r, te, tr, infos = envs.step(envs.action_space.sample())
-        shaped = hook.step(r, te, tr, infos)
+        obs, r, te, tr, infos = envs.step(envs.action_space.sample())
+        shaped = hook.step(r, te, tr, infos, obs=obs)
         assert np.isfinite(shaped).all()
     assert hook.check_failures == 0
     envs.close()

@@ -1,13 +1,11 @@
-"""Verification: trajectory sources and store, the pass/fail rule, the report, the verify CLI."""
+"""Verification: the pass/fail rule, the report, the verify CLI (trajectory sources and store: test_trajectories.py)."""
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from cleanrl_vlmcar.__main__ import main
-from cleanrl_vlmcar.trajectories import (TrajectoryStore, collect, load_demos, make_env, make_policy, parse_policy,
-                                         rollout)
+from cleanrl_vlmcar.trajectories import collect
 from cleanrl_vlmcar.verify import VerifyReport, verify_env
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,6 +23,7 @@ def verify(source, cache_dir, env_id=KC, **kw):
     return verify_env(source, env_id, "state", n=kw.pop("n", N), cache_dir=cache_dir, progress=False, **kw)
 
 
+@pytest.mark.slow
 def test_correct_keycorridor_program_passes(cache_dir):
     report = verify(GOOD_KC, cache_dir)
     assert report.passed, report.to_text()
@@ -47,6 +46,7 @@ OUT_OF_ORDER = GOOD_KC.replace('SUBTASKS = [\n    "pick up the key that matches 
 RAISES = "SUBTASKS = ['a']\ndef subtask_1(obs, start):\n    return obs['no_such_key'] > 0\n"
 
 
+@pytest.mark.slow
 def test_always_true_program_fails_as_too_easy(cache_dir):
     report = verify(ALWAYS_TRUE, cache_dir)
     assert not report.passed
@@ -56,6 +56,7 @@ def test_always_true_program_fails_as_too_easy(cache_dir):
     assert report.precision < 0.6 and report.recall == 1.0
 
 
+@pytest.mark.slow
 def test_never_firing_subtask_fails_with_stall(cache_dir):
     report = verify(NEVER, cache_dir)
     assert not report.passed
@@ -66,6 +67,7 @@ def test_never_firing_subtask_fails_with_stall(cache_dir):
     assert "carrying" in report.stall.final_view and "grid[:, :, 0]" in report.stall.final_view
 
 
+@pytest.mark.slow
 def test_out_of_order_subtasks_fail(cache_dir):
     assert "def subtask_3(obs, start):\n    carrying" in OUT_OF_ORDER
     report = verify(OUT_OF_ORDER, cache_dir)
@@ -76,6 +78,7 @@ def test_out_of_order_subtasks_fail(cache_dir):
     assert "sub-task 3 ('pick up the key')" in report.to_text()
 
 
+@pytest.mark.slow
 def test_raising_program_fails_with_traceback(cache_dir):
     report = verify(RAISES, cache_dir)
     assert not report.passed
@@ -88,6 +91,7 @@ def _with_progress(body: str, k: int = 2) -> str:
     return GOOD_KC + f"\n\ndef progress_{k}(obs, start):\n" + "".join(f"    {line}\n" for line in body.splitlines())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("body, what", [
     ("return obs['no_such_key']", "KeyError"),
     ("return float('nan')", "not a finite number"),
@@ -108,6 +112,7 @@ def test_progress_functions_are_verified(cache_dir, body, what):
     assert VerifyReport.from_dict(report.to_dict()).to_text() == report.to_text()
 
 
+@pytest.mark.slow
 def test_good_progress_passes_and_is_called_only_while_its_subtask_is_next(cache_dir):
     # progress_1 raises once the key is carried: never called then, because sub-task 1 is complete by that view
     good = _with_progress("assert obs['carrying'] is None\nreturn 0.5", k=1)
@@ -119,6 +124,7 @@ def test_good_progress_passes_and_is_called_only_while_its_subtask_is_next(cache
     assert strays.passed, strays.to_text()
 
 
+@pytest.mark.slow
 def test_rejected_and_hanging_programs(cache_dir):
     report = verify("import os\nSUBTASKS = ['a']\ndef subtask_1(obs, start):\n    return True\n", cache_dir)
     assert not report.passed and "import of 'os'" in report.error
@@ -127,6 +133,7 @@ def test_rejected_and_hanging_programs(cache_dir):
     assert not report.passed and report.error.startswith("timeout")
 
 
+@pytest.mark.slow
 def test_thresholds_are_flags(cache_dir):
     # with 85% of random runs picking up the key, a key-only program fails at 10%; at 100% it still disagrees with
     # the environment's success, and passes only when that rule is relaxed too
@@ -139,110 +146,11 @@ def test_thresholds_are_flags(cache_dir):
         verify(key_only, cache_dir, random_threshold=1.5)
 
 
+@pytest.mark.slow
 def test_report_roundtrips_through_dict(cache_dir):
     report = verify(NEVER, cache_dir)
     again = VerifyReport.from_dict(report.to_dict())
     assert again.to_text() == report.to_text()
-
-
-# ----------------------------------------------------------------------------------------------------------
-# trajectories
-# ----------------------------------------------------------------------------------------------------------
-def test_store_roundtrip_and_no_resimulation(tmp_path):
-    store = TrajectoryStore(tmp_path)
-    trajs, dropped = collect(KC, "state", "expert", 3, seed=5, store=store, successful_only=True, progress=False)
-    assert dropped == 0 and all(t.success for t in trajs)
-    files = sorted(tmp_path.rglob("*.npz"))
-    assert [f.name for f in files] == ["seed5.npz", "seed6.npz", "seed7.npz"]
-    assert files[0].parent.name == "expert" and files[0].parent.parent.name == "state"
-    loaded = store.load(KC, "state", "expert", 5)
-    orig = trajs[0]
-    assert loaded.success and len(loaded.views["state"]) == len(orig.views["state"])
-    for a, b in zip(loaded.views["state"], orig.views["state"]):
-        assert (a["grid"] == b["grid"]).all() and a["carrying"] == b["carrying"]
-        assert a["agent_pos"] == b["agent_pos"] and a["mission"] == b["mission"] and a["agent_dir"] == b["agent_dir"]
-    np.testing.assert_array_equal(loaded.actions, orig.actions)
-    mtime = files[0].stat().st_mtime_ns
-    collect(KC, "state", "expert", 3, seed=5, store=store, successful_only=True, progress=False)
-    assert files[0].stat().st_mtime_ns == mtime  # loaded, not re-simulated
-
-
-def test_corrupt_trajectory_file_is_resimulated(tmp_path):
-    store = TrajectoryStore(tmp_path)
-    collect(KC, "state", "random", 1, seed=0, store=store, progress=False)
-    path = store.path(KC, "state", "random", 0)
-    path.write_bytes(b"not an npz")
-    with pytest.warns(UserWarning, match="re-simulating"):
-        trajs, _ = collect(KC, "state", "random", 1, seed=0, store=store, progress=False)
-    assert len(trajs) == 1 and store.load(KC, "state", "random", 0) is not None
-
-
-def test_noisy_expert_and_policy_names():
-    assert parse_policy("noisy0.3") == ("expert", 0.3)
-    assert parse_policy("noisy0.5") == ("expert", 0.5)
-    for bad in ("noisy", "noisy1.5", "novice", "policy:"):
-        with pytest.raises(ValueError, match="unknown policy"):
-            parse_policy(bad)
-    env = make_env(KC)
-    expert_steps = [rollout(env, make_policy("expert", env), s, ["state"], True).length for s in range(5)]
-    noisy_steps = [rollout(env, make_policy("noisy0.5", env), s, ["state"], True).length for s in range(5)]
-    assert sum(noisy_steps) > sum(expert_steps)
-
-
-def test_expert_for_unsupported_env_is_clear():
-    import gymnasium as gym
-
-    with pytest.raises(ValueError, match="demos"):
-        make_policy("expert", gym.make("CartPole-v1"))
-    with pytest.raises(ValueError, match="cannot make environment 'MiniGrid-Nope-v0'"):
-        make_env("MiniGrid-Nope-v0")
-
-
-def test_demos_roundtrip_and_bad_files(tmp_path):
-    env = make_env(KC)
-    trajs = [rollout(env, make_policy("expert", env), s, ["state"], True) for s in (0, 1, 2, 3)]
-    width = max(t.length for t in trajs)
-    actions = np.zeros((4, width), dtype=np.int64)
-    for i, t in enumerate(trajs):
-        actions[i, : t.length] = t.actions
-    path = tmp_path / "demos.npz"
-    np.savez(path, seeds=np.array([0, 1, 2, 3]), lengths=np.array([t.length for t in trajs]), actions=actions)
-    demos = load_demos(path, KC, "state")
-    assert [d.success for d in demos] == [True] * 4
-    assert (demos[1].views["state"][-1]["grid"] == trajs[1].views["state"][-1]["grid"]).all()
-    # the first n successful demos are the feedback set, the next n the held-out set
-    report = verify_env(GOOD_KC, KC, "state", n=2, expert_source="demos", demos=str(path), cache_dir=tmp_path,
-                        progress=False)
-    assert report.passed and report.expert_n == 2 and report.holdout.expert_n == 2
-    assert report.settings["demos_sha256"] and report.settings["expert_source"] == "demos"
-    report = verify_env(GOOD_KC, KC, "state", n=3, expert_source="demos", demos=str(path), cache_dir=tmp_path,
-                        progress=False)  # 4 demos: 3 for feedback, 1 left for the held-out set of 3
-    assert not report.passed and any("only 1 successful expert trajectories for the held-out set (needs 3; with "
-                                     "demonstrations the file needs 6" in r for r in report.reasons)
-    with pytest.raises(ValueError, match="SHA-256 differs"):  # a recorded entry names its demos file by hash
-        verify_env(GOOD_KC, KC, "state", n=2, expert_source="demos", demos=str(path), cache_dir=tmp_path,
-                   progress=False, demos_sha256="0" * 64)
-    np.savez(tmp_path / "bad.npz", seeds=np.array([0]))
-    with pytest.raises(ValueError, match="lacks the array"):
-        load_demos(tmp_path / "bad.npz", KC, "state")
-    with pytest.raises(ValueError, match="does not exist"):
-        load_demos(tmp_path / "missing.npz", KC, "state")
-
-
-def test_checkpoint_policy(tmp_path):
-    import torch
-
-    class Greedy(torch.nn.Module):  # logits that always prefer action 2 (forward)
-        def forward(self, x):
-            return torch.nn.functional.one_hot(torch.full((x.shape[0],), 2), 7).float()
-
-    torch.jit.trace(Greedy(), torch.zeros(1, 7, 7, 3)).save(str(tmp_path / "policy.pt"))
-    env = make_env(KC)
-    policy = make_policy(f"policy:{tmp_path}", env)
-    traj = rollout(env, policy, 0, ["state"], stop_on_success=True)
-    assert set(traj.actions.tolist()) == {2}
-    with pytest.raises(ValueError, match="--save-model"):
-        make_policy(f"policy:{tmp_path / 'nothing'}", env)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -278,6 +186,7 @@ def test_pixel_stall_frame_is_saved_as_png(tmp_path):
     assert str(png) in report.to_text()
 
 
+@pytest.mark.slow
 def test_report_measures_check_cost(cache_dir):
     slow = ("SUBTASKS = ['a', 'b']\ndef subtask_1(obs, start):\n    return obs['carrying'] is not None\n"
             "def subtask_2(obs, start):\n    x = 0\n    for i in range(20000):\n        x += i\n    return False\n")
@@ -299,6 +208,7 @@ def _layouts(cache_dir, seed, n=N):
                     t.views["state"][0]["mission"]) for t in expert})
 
 
+@pytest.mark.slow
 def test_program_overfit_to_the_feedback_seeds_fails_on_held_out_seeds(cache_dir):
     """A program that only accepts the start layouts of the 20 episodes it was verified on passes those, and fails
     the fresh seeds that no prompt shows."""
@@ -339,6 +249,7 @@ def subtask_1(obs, start):
 """
 
 
+@pytest.mark.slow
 def test_correct_program_passes_where_random_play_often_succeeds(cache_dir):
     report = verify_env(GOAL_PROGRAM, EMPTY_RANDOM, "state", cache_dir=cache_dir, progress=False)
     assert report.passed, report.to_text()
@@ -348,6 +259,7 @@ def test_correct_program_passes_where_random_play_often_succeeds(cache_dir):
     assert "Random play itself succeeds" in report.to_text()
 
 
+@pytest.mark.slow
 def test_too_easy_program_still_fails_where_random_play_often_succeeds(cache_dir):
     """Raising the random limit is no free pass: a check that fires before the goal disagrees with the env."""
     near = GOAL_PROGRAM.replace("== tuple(obs[\"agent_pos\"])",
@@ -357,6 +269,7 @@ def test_too_easy_program_still_fails_where_random_play_often_succeeds(cache_dir
     assert any("agrees too little" in r or "too easy" in r for r in report.reasons), report.reasons
 
 
+@pytest.mark.slow
 def test_false_positive_random_episode_is_shown(cache_dir):
     report = verify(ALWAYS_TRUE, cache_dir, holdout=False)
     fp = report.false_positive
@@ -365,6 +278,7 @@ def test_false_positive_random_episode_is_shown(cache_dir):
     assert "completed the task without the environment's success" in report.to_text()
 
 
+@pytest.mark.slow
 def test_check_cost_flagged_and_max_check_us_fails(cache_dir):
     report = verify(GOOD_KC, cache_dir, max_check_us=1e-6, holdout=False)
     assert not report.passed and any("--max-check-us" in r for r in report.reasons)
