@@ -151,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .compare import add_compare_parser; add_compare_parser(sub)  # noqa: E702
     from .sweep import add_sweep_parser; add_sweep_parser(sub)  # noqa: E702
     from .demos import add_record_demos_parser; add_record_demos_parser(sub)  # noqa: E702
+    from .clip_train import add_clip_train_parser; add_clip_train_parser(sub)  # noqa: E702
     return parser
 
 

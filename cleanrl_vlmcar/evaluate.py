@@ -193,6 +193,14 @@ def cmd_evaluate(args) -> int:
     print(f"figure: {plot(results, args.env_id, args.out)}")
     if args.json:
         Path(args.json).write_text(json.dumps([r.__dict__ for r in results], indent=2))
+    if args.pr_curve:  # per-frame PR curve of --clip-model with the verified program's point (clip_train.py)
+        from .clip_train import PR_SEED, plot_pr_curves, pr_table, reward_pr_curves
+
+        pr = reward_pr_curves(args.env_id, [args.clip_model], args.n, PR_SEED + args.seed, args.view,
+                              args.reward_cache, threshold=args.clip_threshold, temperature=args.clip_temperature)
+        print(pr_table(pr))
+        print(f"precision-recall figure: {plot_pr_curves(pr, args.pr_curve)}")
+        Path(args.pr_curve).with_suffix(".json").write_text(json.dumps(pr, indent=2))
     return 0
 
 
@@ -209,6 +217,9 @@ def add_evaluate_parser(sub) -> None:
     p.add_argument("--clip-temperature", type=float, default=0.01)
     p.add_argument("--out", default="skill_curve.png", help="figure path (PNG)")
     p.add_argument("--json", default=None, help="also write the results as JSON")
+    p.add_argument("--pr-curve", default=None, metavar="FIG.png",
+                   help="also draw the per-frame precision-recall curve of --clip-model's p(goal) against the "
+                        "environment's success on fresh episodes, with the verified program's point (and FIG.json)")
     p.add_argument("--cache-dir", default=None, help="trajectory cache folder (default .vlmcar)")
     p.add_argument("--reward-cache", default=None, help="reward cache folder (default: the repo's reward_cache/)")
     p.set_defaults(func=cmd_evaluate)

@@ -72,3 +72,44 @@ MINIGRID = register(Family(
     mission=lambda env, view: view.get("mission") or env.unwrapped.mission,
     clip=ClipDefaults(),  # ClipRewardConfig's own defaults are the grid-world ones
 ))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Captions for training CLIP on this family's frames (`python -m cleanrl_vlmcar clip-train`)
+# ----------------------------------------------------------------------------------------------------------
+def mission_done(env) -> bool | None:
+    """Whether the mission is done in the current state, for the mission kinds whose success is a state: pick up an
+    object (KeyCorridor, UnlockPickup, BlockedUnlockPickup: the agent carries the env's target `obj`), open the door
+    (Unlock: its `door` is open), get to the goal (the agent stands on a goal square); None for any other kind."""
+    u = env.unwrapped
+    mission = (u.mission or "").lower()
+    target = getattr(u, "obj", None)
+    if target is not None and mission.startswith("pick up"):
+        return u.carrying is target
+    door = getattr(u, "door", None)
+    if door is not None and mission.startswith("open"):
+        return bool(door.is_open)
+    if "goal" in mission:
+        cell = u.grid.get(*u.agent_pos)
+        return cell is not None and cell.type == "goal"
+    return None
+
+
+def caption(env, done: bool | None = None) -> str:
+    """A caption of the current state in the family's own words, from the simulator (not the frame): what the agent
+    holds, every door's state (open, closed or locked, in grid order), and whether the mission is done, e.g.
+    "the agent holds the yellow key; the blue door is closed; the yellow door is locked; the agent has not completed
+    the task: pick up the purple ball". The last clause uses the wording of the CLIP reward's goal text ("... where
+    the agent has completed the task: {mission}"). `done` is the environment's own success at this frame when the
+    caller knows it; by default `mission_done(env)` decides (False for mission kinds it cannot tell)."""
+    u = env.unwrapped
+    c = u.carrying
+    clauses = [f"the agent holds the {c.color} {c.type}" if c is not None else "the agent holds nothing"]
+    for obj in u.grid.grid:
+        if obj is not None and obj.type == "door":
+            state = "open" if obj.is_open else "locked" if obj.is_locked else "closed"
+            clauses.append(f"the {obj.color} door is {state}")
+    if done is None:
+        done = bool(mission_done(env))
+    clauses.append(f"the agent has {'' if done else 'not '}completed the task: {u.mission}")
+    return "; ".join(clauses)
