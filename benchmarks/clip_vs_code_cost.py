@@ -52,7 +52,6 @@ HERE = Path(__file__).resolve().parent
 def load_verified_program(path: str | None, env):
     """(RewardProgram, description): FILE in the project's format, or the shipped verified cache entry."""
     from cleanrl_vlmcar import cache
-    from cleanrl_vlmcar.confine import ProgramWorker
     from cleanrl_vlmcar.program import load_program
     from cleanrl_vlmcar.views import get_spec
 

@@ -41,6 +41,7 @@ from urllib.parse import urlparse
 import numpy as np
 
 from .errors import BackendError  # noqa: F401 - the VLM backend failed; the message says what to do
+from .hf import looks_like_path, resolve_device
 
 __all__ = [
     "BACKEND_NAMES",
@@ -420,14 +421,6 @@ def _short(text: Any, n: int = 300) -> str:
 # --------------------------------------------------------------------------- hf
 
 
-def _looks_like_path(model: str) -> bool:
-    return (
-        model.startswith((".", "/", "~", "\\"))
-        or bool(re.match(r"^[A-Za-z]:[\\/]", model))
-        or model.count("/") > 1
-        or "\\" in model
-    )
-
 
 class HFBackend:
     """A local transformers image-text-to-text model (hub id or local folder)."""
@@ -464,19 +457,6 @@ class HFBackend:
     def __repr__(self) -> str:
         return f"HFBackend(model={self.model!r}, device={self.device_request!r})"
 
-    @staticmethod
-    def _resolve_device(device: str) -> str:
-        import torch
-
-        if device == "auto":
-            return "cuda" if torch.cuda.is_available() else "cpu"
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            raise BackendError(
-                f"device {device!r} requested but CUDA is not available: use device 'cpu' or 'auto', "
-                "or install a CUDA build of torch."
-            )
-        return device
-
     def _load(self) -> None:
         if self._model is not None:
             return
@@ -485,14 +465,14 @@ class HFBackend:
 
         src = self.model
         expanded = os.path.expanduser(src)
-        if _looks_like_path(src) or os.path.isdir(expanded):
+        if looks_like_path(src) or os.path.isdir(expanded):
             if not os.path.isdir(expanded):
                 raise BackendError(
                     f"--vlm hf: the model folder {src!r} does not exist. Pass an existing local folder "
                     "(with config.json and the processor files) or a Hugging Face hub id."
                 )
             src = expanded
-        device = self._resolve_device(self.device_request)
+        device = resolve_device(self.device_request, BackendError)
         if device.startswith("cuda"):
             dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         else:

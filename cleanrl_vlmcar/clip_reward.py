@@ -54,13 +54,13 @@ from __future__ import annotations
 import copy
 
 import os
-import re
 import warnings
 from dataclasses import dataclass
 
 import numpy as np
 
 from .errors import BackendError
+from .hf import looks_like_path, resolve_device
 from .integrate import RewardHook, RewardTerm
 
 __all__ = [
@@ -79,7 +79,6 @@ DEFAULT_NEGATIVES: tuple[str, ...] = (
 )
 
 _MODES = ("binary", "vlmrm")
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[A-Za-z0-9][\w.\-]*)?$")
 
 
 class ClipRewardError(BackendError):
@@ -148,30 +147,6 @@ def _validate(cfg: ClipRewardConfig, mission: str) -> None:
         raise ClipRewardError("vlmrm mode needs a non-empty baseline text")
 
 
-def _resolve_device(device: str):
-    import torch
-
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise ClipRewardError(f"invalid device {device!r}: {e}") from e
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ClipRewardError(f"device {device!r} requested but CUDA is not available; use device='cpu' or 'auto'")
-    return dev
-
-
-def _looks_like_path(ref: str) -> bool:
-    return (
-        os.path.isabs(ref)
-        or ref.startswith((".", "~"))
-        or "\\" in ref
-        or os.path.exists(os.path.expanduser(ref))
-        or not _HUB_ID.match(ref)
-    )
-
-
 def _load_components(ref: str):
     """Return (CLIPModel, tokenizer, image_processor) for a local directory or a hub id."""
     from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
@@ -194,7 +169,7 @@ def _load_components(ref: str):
                 f"save_pretrained output of a CLIPModel plus its tokenizer and image processor): "
                 f"{type(e).__name__}: {e}"
             ) from e
-    if _looks_like_path(ref):
+    if looks_like_path(ref):
         what = "is a file, not a checkpoint directory" if os.path.exists(path) else "does not exist"
         raise ClipRewardError(
             f"CLIP checkpoint path {ref!r} {what}; pass a directory containing a saved CLIPModel, "
@@ -253,7 +228,7 @@ class ClipReward:
         _validate(config, mission)
         self.config = config
         self.mission = mission
-        self.device = _resolve_device(config.device)
+        self.device = torch.device(resolve_device(config.device, ClipRewardError))
         if config.fp16 and self.device.type != "cuda":
             warnings.warn("ClipRewardConfig.fp16 is only used on GPU; running in float32 on CPU", stacklevel=2)
         self.dtype = torch.float16 if (config.fp16 and self.device.type == "cuda") else torch.float32

@@ -35,8 +35,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from .errors import ConfinementError, WorkerError  # noqa: F401 - raised here, defined with the other errors
 from .program import RewardProgram, pack, pack_columns, sanitize
 

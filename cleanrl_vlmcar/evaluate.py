@@ -12,10 +12,13 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from .compare import fmt_mean_se, mean_se
 
 POLICIES = {"random": "random", "novice": "noisy0.5", "sub-optimal": "noisy0.3", "expert": "expert"}
 
@@ -37,11 +40,6 @@ def _prf(predicted: np.ndarray, actual: np.ndarray) -> tuple[float, float, float
     recall = tp / actual.sum() if actual.any() else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     return float(precision), float(recall), float(f1)
-
-
-def _mean_se(values: list[float]) -> tuple[float, float]:
-    arr = np.asarray(values, dtype=np.float64)
-    return float(arr.mean()), float(arr.std(ddof=1) / np.sqrt(len(arr))) if len(arr) > 1 else 0.0
 
 
 def score_vlmcar(program, trajs, view: str, bonus: float = 1.0) -> tuple[list[float], list[bool]]:
@@ -127,7 +125,7 @@ def evaluate(env_id: str, rewards: list[str], view: str = "state", n: int = 20, 
             raise ValueError(f"unknown reward {reward!r}: use sparse, vlmcar or clip")
         predicted = np.concatenate([np.array(per[label][1], dtype=bool) for label in labels])
         precision, recall, f1 = _prf(predicted, actual)
-        stats = {label: _mean_se(per[label][0]) for label in labels}
+        stats = {label: mean_se(per[label][0]) for label in labels}  # s.e. undefined (NaN) for one episode
         results.append(VariantResult(reward, {k: v[0] for k, v in stats.items()}, {k: v[1] for k, v in stats.items()},
                                      precision, recall, f1, pr_curve))
     return results
@@ -140,7 +138,7 @@ def table(results: list[VariantResult], env_id: str, n: int) -> str:
              "| reward | " + " | ".join(labels) + " | precision | recall | F1 |",
              "| --- |" + " --- |" * (len(labels) + 3)]
     for r in results:
-        cells = [f"{r.mean_return[label]:.2f} ± {r.se_return[label]:.2f}" for label in labels]
+        cells = [fmt_mean_se(r.mean_return[label], r.se_return[label], 2) for label in labels]
         lines.append(f"| {r.reward} | " + " | ".join(cells) + f" | {r.precision:.2f} | {r.recall:.2f} | {r.f1:.2f} |")
     return "\n".join(lines)
 
@@ -156,7 +154,8 @@ def plot(results: list[VariantResult], env_id: str, out: str | Path) -> Path:
     cols = len(results) + len(with_pr)
     fig, axes = plt.subplots(1, cols, figsize=(3.6 * cols, 3.2), squeeze=False)
     for ax, r in zip(axes[0], results):
-        ax.bar(labels, [r.mean_return[label] for label in labels], yerr=[r.se_return[label] for label in labels],
+        ax.bar(labels, [r.mean_return[label] for label in labels],
+               yerr=[0.0 if math.isnan(r.se_return[label]) else r.se_return[label] for label in labels],
                color=["#bbbbbb", "#9ecae1", "#4292c6", "#08519c"], capsize=3)
         ax.set_title(f"{r.reward} reward")
         ax.set_ylabel("mean episode reward")
@@ -192,7 +191,9 @@ def cmd_evaluate(args) -> int:
     print(table(results, args.env_id, args.n))
     print(f"figure: {plot(results, args.env_id, args.out)}")
     if args.json:
-        Path(args.json).write_text(json.dumps([r.__dict__ for r in results], indent=2))
+        rows = [{**r.__dict__, "se_return": {k: None if math.isnan(v) else v for k, v in r.se_return.items()}}
+                for r in results]
+        Path(args.json).write_text(json.dumps(rows, indent=2))
     if args.pr_curve:  # per-frame PR curve of --clip-model with the verified program's point (clip_train.py)
         from .clip_train import PR_SEED, plot_pr_curves, pr_table, reward_pr_curves
 

@@ -12,7 +12,6 @@ The summary functions (`downsample`, `summarise_curve`, `find_stall`, `summarise
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from dataclasses import dataclass
