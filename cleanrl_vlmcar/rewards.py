@@ -5,6 +5,7 @@ the run uses. Everything it raises is a VLMCaRError whose message says what to d
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
@@ -19,28 +20,59 @@ log = logging.getLogger(__name__)
 REWARDS = ("sparse", "vlmcar", "clip")
 
 
+def _entry_settings(path: Path, entry: dict, env_id: str, view: str):
+    """The verification settings a cache entry recorded, with a relative demonstrations path resolved from the
+    working directory or else from the folder that holds reward_cache/."""
+    from .verify import VerifySettings
+
+    if entry.get("env_id") != env_id or entry.get("view") != view:
+        raise UsageError(f"--reward-program {path} is an entry for {entry.get('env_id')} ({entry.get('view')} view), "
+                         f"not {env_id} ({view} view)")
+    settings = VerifySettings.from_dict(entry.get("verification"))
+    if settings.demos and not Path(settings.demos).exists():
+        beside = path.resolve().parent.parent / settings.demos
+        if beside.exists():
+            settings.demos = str(beside)
+    return settings
+
+
 def program_for_run(args: Any):
-    """The reward program a training run uses: `args.reward_program` (a file, verified now with the default
-    settings) or the newest verified cache entry (or a new synthesis with `args.vlm`)."""
+    """The reward program a training run uses: `args.reward_program` (a program file, verified now with the default
+    settings, or a cache entry `.json`, verified again with the settings it records, e.g. its demonstrations) or
+    the newest verified cache entry (or a new synthesis with `args.vlm`)."""
     from .generate import reward_program
     from .verify import verify_env
 
     view = getattr(args, "view", "state")
     path = getattr(args, "reward_program", None)
     if path:
+        from . import cache
         from .families import make_env
         from .views import get_spec
 
-        try:
-            source = open(path).read()
-        except OSError as e:
-            raise NoProgramError(f"cannot read --reward-program {path}: {e.strerror}") from None
+        settings = None
+        if str(path).endswith(".json"):
+            entry = cache.read_entry(path)  # CacheError (a NoProgramError) naming the file when it is unreadable
+            source = entry.get("program")
+            if not isinstance(source, str):
+                raise NoProgramError(f"--reward-program {path} is not a reward cache entry with a program")
+            settings = _entry_settings(Path(path), entry, args.env_id, view)
+        else:
+            try:
+                source = open(path).read()
+            except OSError as e:
+                raise NoProgramError(f"cannot read --reward-program {path}: {e.strerror}") from None
         program = load_program(source, get_spec(make_env(args.env_id), view).constants(), name=str(path))
-        report = verify_env(source, args.env_id, view, progress=False,
-                            require_confinement=getattr(args, "require_confinement", False))
+        try:
+            report = verify_env(source, args.env_id, view, settings, progress=False,
+                                require_confinement=getattr(args, "require_confinement", False))
+        except UnsupportedEnvError as e:
+            raise UnsupportedEnvError(f"{e}\nFor an environment without a scripted expert, pass a verified cache "
+                                      "entry instead (--reward-program reward_cache/ENV__VIEW__KEY.json): it is "
+                                      "verified again with the demonstrations it records.") from None
         if not report.passed:
             raise NoProgramError(f"--reward-program {path} failed verification; fix it or train on a verified program:"
-                             f"\n{report.to_text()}")
+                                 f"\n{report.to_text()}")
         log.info("%s passed verification (%d expert and %d random trajectories)", path, report.expert_n,
                  report.random_n)
         program.cache_path = path

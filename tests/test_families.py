@@ -207,3 +207,26 @@ def test_view_doc_goes_into_the_prompt_and_bad_files_are_clear_errors(tmp_path, 
     assert "the user's description" in prompt and "the flag is at 0.5" in prompt
     assert main(base + ["--view-doc", str(tmp_path / "missing.md")]) == 2
     assert "cannot read --view-doc" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_reward_program_as_a_cache_entry_is_verified_with_its_recorded_demos(tmp_path):
+    """--reward-program ENTRY.json: a generic-family env has no scripted expert, so the entry is verified again with
+    the demonstrations its verification settings record; a .py program says to pass an entry instead."""
+    from types import SimpleNamespace
+
+    from cleanrl_vlmcar.rewards import program_for_run
+
+    entry = next(p for p in (ROOT / "reward_cache").glob(f"{MC}__obs__*.json") if p.stem.count("__") == 2)
+    program = program_for_run(SimpleNamespace(env_id=MC, view="obs", reward_program=str(entry)))
+    assert program.num_subtasks >= 4 and str(program.cache_path) == str(entry)
+    source = tmp_path / "p.py"
+    source.write_text(mountaincar_program().source)
+    with pytest.raises(UnsupportedEnvError, match="pass a verified cache entry instead"):
+        program_for_run(SimpleNamespace(env_id=MC, view="obs", reward_program=str(source)))
+    with pytest.raises(VLMCaRError, match="not MiniGrid-KeyCorridorS3R1-v0"):
+        program_for_run(SimpleNamespace(env_id="MiniGrid-KeyCorridorS3R1-v0", view="obs", reward_program=str(entry)))
+    broken = tmp_path / "broken.json"
+    broken.write_text("{")
+    with pytest.raises(NoProgramError, match="corrupt"):
+        program_for_run(SimpleNamespace(env_id=MC, view="obs", reward_program=str(broken)))
