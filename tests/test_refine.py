@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 
 import pytest
-from helpers_vlm import ChatServer, completion, scrub_openai_env, user_text
+from helpers_vlm import ChatServer, completion, user_text
 
 from cleanrl_vlmcar import cache
 from cleanrl_vlmcar.__main__ import main
@@ -30,7 +30,8 @@ from cleanrl_vlmcar.refine import (
     summarise_curve,
 )
 
-pytestmark = pytest.mark.timeout(150)
+# conftest's isolated_caches: nothing lands in the repository
+pytestmark = [pytest.mark.timeout(150), pytest.mark.usefixtures("isolated_caches")]
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = "MiniGrid-KeyCorridorS3R1-v0"
@@ -90,19 +91,6 @@ SUCCESS = [0.0, 0.0, 0.05, 0.08]
 
 
 # ------------------------------------------------------------------------------------------------ fixtures
-
-
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch):
-    """Nothing may land in the repository: the default reward cache and the cwd-relative .vlmcar go to tmp."""
-    scrub_openai_env(monkeypatch)
-    monkeypatch.setattr(cache, "DEFAULT_DIR", tmp_path / "default_reward_cache")
-    monkeypatch.chdir(tmp_path)
-
-
-@pytest.fixture(scope="module")
-def traj_cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("traj")
 
 
 def _record(file=str(PARENT), subtasks=PARENT_SUBTASKS) -> dict:
