@@ -354,27 +354,38 @@ def read_view_doc(path: str | None) -> str | None:
     return text
 
 
-def cmd_synthesize(args) -> int:
-    backend = backend_from_args(args)
+def config_from_args(args) -> SynthesisConfig:
+    """The synthesis settings of a CLI verb (synthesize, refine) from its flags."""
     vs, _ = settings_from_args(args)
-    cfg = SynthesisConfig(rounds=args.rounds, n=vs.n, seed=vs.seed, expert_threshold=vs.expert_threshold,
-                          random_threshold=vs.random_threshold, expert_source=vs.expert_source, demos=vs.demos,
-                          holdout=vs.holdout, margin=vs.margin, min_agreement=vs.min_agreement,
-                          max_check_us=vs.max_check_us, traj_cache=args.cache_dir, reward_cache=args.reward_cache,
-                          verify_timeout=args.verify_timeout, memory_mb=args.memory_mb, force=args.force,
-                          require_confinement=args.require_confinement, view_doc=read_view_doc(args.view_doc))
+    return SynthesisConfig(rounds=args.rounds, n=vs.n, seed=vs.seed, expert_threshold=vs.expert_threshold,
+                           random_threshold=vs.random_threshold, expert_source=vs.expert_source, demos=vs.demos,
+                           holdout=vs.holdout, margin=vs.margin, min_agreement=vs.min_agreement,
+                           max_check_us=vs.max_check_us, traj_cache=args.cache_dir, reward_cache=args.reward_cache,
+                           verify_timeout=args.verify_timeout, memory_mb=args.memory_mb, force=args.force,
+                           require_confinement=args.require_confinement, view_doc=read_view_doc(args.view_doc))
+
+
+def synthesize_for_cli(env_id: str, view: str, backend: Backend, cfg: SynthesisConfig,
+                       **kwargs) -> tuple[int | None, SynthesisResult | None]:
+    """`synthesize` for a CLI verb: (3, None) when a manual answer is needed and (4, None) when the backend failed,
+    each said on the console; else (None, result) with the entry and its report printed."""
     try:
-        result = synthesize(args.env_id, args.view, backend, cfg)
+        result = synthesize(env_id, view, backend, cfg, **kwargs)
     except ManualAnswerNeeded as e:
         print(str(e))
-        return 3
+        return 3, None
     except BackendError as e:
         print(f"error: {e}\n(the rounds so far are saved; re-run the same command to resume)", file=sys.stderr)
-        return 4
+        return 4, None
     print(f"reward cache entry: {result.path}{' (cache hit, no model called)' if result.from_cache else ''}")
     if result.report is not None:
         print(result.report.to_text())
-    return 0 if result.passed else 1
+    return None, result
+
+
+def cmd_synthesize(args) -> int:
+    code, result = synthesize_for_cli(args.env_id, args.view, backend_from_args(args), config_from_args(args))
+    return code if code is not None else (0 if result.passed else 1)
 
 
 def add_synthesize_parser(sub, add_verify_flags) -> None:

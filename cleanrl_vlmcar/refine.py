@@ -380,9 +380,7 @@ def refine_prompt_text(env_id: str, task: str, note: str, view_doc: str, program
 # CLI: python -m cleanrl_vlmcar refine
 # ----------------------------------------------------------------------------------------------------------
 def cmd_refine(args) -> int:
-    from .backends import BackendError, ManualAnswerNeeded
-    from .generate import SynthesisConfig, backend_from_args, read_view_doc, synthesize
-    from .verify import settings_from_args
+    from .generate import backend_from_args, config_from_args, synthesize_for_cli
 
     if not 0.0 < args.threshold <= 1.0:
         raise ValueError(f"--threshold must be in (0, 1], got {args.threshold}")
@@ -402,31 +400,17 @@ def cmd_refine(args) -> int:
     if args.vlm == "cache":
         raise ValueError("refine needs a VLM to write the refined program: --vlm manual, openai or hf")
 
-    backend = backend_from_args(args)
-    vs, _ = settings_from_args(args)
-    cfg = SynthesisConfig(rounds=args.rounds, n=vs.n, seed=vs.seed, expert_threshold=vs.expert_threshold,
-                          random_threshold=vs.random_threshold, expert_source=vs.expert_source, demos=vs.demos,
-                          holdout=vs.holdout, margin=vs.margin, min_agreement=vs.min_agreement,
-                          max_check_us=vs.max_check_us, traj_cache=args.cache_dir, reward_cache=args.reward_cache,
-                          verify_timeout=args.verify_timeout, memory_mb=args.memory_mb, force=args.force,
-                          require_confinement=args.require_confinement, view_doc=read_view_doc(args.view_doc))
+    cfg = config_from_args(args)
 
     def text(task: str, note: str, view_doc: str) -> str:  # the view's documentation as synthesize builds it
         return refine_prompt_text(args.env_id, task, note, view_doc, parent_program, summary, cfg.n,
                                   cfg.expert_threshold, cfg.random_threshold)
 
     record: dict[str, Any] = {"parent": parent, "refined_from_run": summary.to_record()}
-    try:
-        result = synthesize(args.env_id, view, backend, cfg, first_prompt_text=text, record=record)
-    except ManualAnswerNeeded as e:
-        print(str(e))
-        return 3
-    except BackendError as e:
-        print(f"error: {e}\n(the rounds so far are saved; re-run the same command to resume)", file=sys.stderr)
-        return 4
-    print(f"reward cache entry: {result.path}{' (cache hit, no model called)' if result.from_cache else ''}")
-    if result.report is not None:
-        print(result.report.to_text())
+    code, result = synthesize_for_cli(args.env_id, view, backend_from_args(args), cfg, first_prompt_text=text,
+                                      record=record)
+    if code is not None:
+        return code
     if result.passed:
         if result.program.strip() == parent_program.strip():
             print("note: the refined program is the same as its parent")
