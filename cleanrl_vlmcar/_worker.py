@@ -480,6 +480,11 @@ def main(argv: list[str]) -> None:
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 2)  # nothing of the program reaches a terminal
     os.close(devnull)
+    if opts.get("batch_scheduling", False):
+        try:  # a request does not preempt the learner that sent it (see confine.ProgramWorker)
+            os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+        except (OSError, AttributeError):
+            pass
     global _pacer
     if float(opts.get("wake_early_s", 0.0)) > 0:
         _pacer = _Pacer(float(opts["wake_early_s"]))

@@ -127,16 +127,20 @@ class WalkResult:
 class ProgramWorker:
     """A confined process running one reward program. Use as a context manager, or call `close()`.
 
-    `memory_mb` and `cpu_s` are the worker's rlimits; `wake_early_s` > 0 makes the worker anticipate regular
-    `step` requests (it wakes that long before the next one is due and polls; see `_worker._Pacer`);
-    `require_confinement=True` raises ConfinementError where
-    the kernel lacks Landlock or seccomp (else a warning is logged once and the worker runs with process
-    isolation and rlimits only). `skip` is for tests: confinement steps to leave out ("landlock", "seccomp").
+    `memory_mb` and `cpu_s` are the worker's rlimits. With `batch_scheduling` the worker runs under Linux's
+    SCHED_BATCH policy: a request wakes it without preempting the learner that sent it. Measured on a busy 2-core
+    machine (benchmarks/hook_under_load.py) it helped beside other trainings (-20% against +16% per vector step)
+    and hurt badly beside busy loops (+108% against +19%: the worker waits for a time slice, the learner for the
+    worker), so it is off by default. `wake_early_s` > 0 makes the worker
+    anticipate regular `step` requests (it wakes that long before the next one is due and polls; see
+    `_worker._Pacer`). `require_confinement=True` raises ConfinementError where the kernel lacks Landlock or
+    seccomp (else a warning is logged once and the worker runs with process isolation and rlimits only). `skip` is
+    for tests: confinement steps to leave out ("landlock", "seccomp").
     """
 
     def __init__(self, program: RewardProgram, *, memory_mb: int = DEFAULT_MEMORY_MB, cpu_s: int = DEFAULT_CPU_S,
                  require_confinement: bool = False, skip: tuple[str, ...] = (), load_timeout_s: float = LOAD_TIMEOUT_S,
-                 wake_early_s: float = 0.0):
+                 wake_early_s: float = 0.0, batch_scheduling: bool = False):
         if not isinstance(program, RewardProgram):
             raise TypeError("ProgramWorker needs a checked RewardProgram (cleanrl_vlmcar.program.load_program)")
         self.program = program
@@ -144,6 +148,7 @@ class ProgramWorker:
         self.require_confinement, self.skip = require_confinement, tuple(skip)
         self.load_timeout_s = float(load_timeout_s)
         self.wake_early_s = float(wake_early_s)
+        self.batch_scheduling = bool(batch_scheduling)
         self.proc: subprocess.Popen | None = None
         self.confinement = Confinement()
         self.starts = 0
@@ -158,7 +163,7 @@ class ProgramWorker:
         self.kill()
         paths = chr(31).join([_PKG_PARENT] + [p for p in sys.path if p and os.path.isdir(p)])
         opts = json.dumps({"memory_mb": self.memory_mb, "cpu_s": self.cpu_s, "skip": list(self.skip),
-                           "wake_early_s": self.wake_early_s})
+                           "wake_early_s": self.wake_early_s, "batch_scheduling": self.batch_scheduling})
         env = {k: os.environ[k] for k in _ENV_KEEP if k in os.environ}
         env.update(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
         self.proc = subprocess.Popen([sys.executable, "-I", "-c", _BOOT, paths, opts], stdin=subprocess.PIPE,

@@ -1061,3 +1061,18 @@ def test_progress_values_in_the_hook_and_in_verification(value, expected):
         assert progress[0] == 0.0 and failures == 1
     else:
         assert got == expected == progress[0] and failures == 0
+
+
+def test_batch_scheduling_is_an_option_that_changes_no_answer():
+    """`batch_scheduling` only changes how the worker is scheduled: the same answers, with or without it."""
+    program = load_program(prog("return obs['x'] > 0"))
+    answers = []
+    for batch in (False, True):
+        with ProgramWorker(program, memory_mb=256, batch_scheduling=batch) as w:
+            w.step([(0, -1, {"x": 0}, None), (1, -1, {"x": 0}, None)], 2, False, 10.0)
+            answers.append(w.step([(0, 0, {"x": 1}, None), (1, 0, {"x": 0}, None)], 2, False, 10.0)[1])
+            status = open(f"/proc/{w.proc.pid}/sched").read() if os.path.exists(f"/proc/{w.proc.pid}/sched") else ""
+            if "policy" in status:
+                policy = int(next(line for line in status.splitlines() if line.startswith("policy")).split()[-1])
+                assert policy == (3 if batch else 0)  # SCHED_BATCH = 3, SCHED_OTHER = 0
+    assert answers[0] == answers[1] == [1, 0]
