@@ -192,6 +192,11 @@ class ProgramRunner:
             return
         self._submitted = len(items)
 
+    @property
+    def in_flight(self) -> bool:
+        """A request was sent and its answer is not read yet."""
+        return bool(self._submitted)
+
     def collect(self) -> tuple[np.ndarray, np.ndarray] | None:
         """The second half of `step`: the answer to what `submit` sent, or None when there is none."""
         n, self._submitted = self._submitted, 0
@@ -338,7 +343,7 @@ class ProgramTerm(RewardTerm):
         return views
 
     def reset(self, obs: Any, infos: dict | None) -> None:
-        if self.runner._submitted:  # the answer to a step that the reset discards: read and dropped
+        if self.runner.in_flight:  # the answer to a step that the reset discards: read and dropped
             self.runner.collect()
         views = self._views(infos, obs, [True] * self.num_envs)
         answer = self.runner.step([(i, -1, v) for i, v in enumerate(views)])
