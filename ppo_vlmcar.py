@@ -296,10 +296,8 @@ if __name__ == "__main__":
             # TRY NOT TO MODIFY: execute the game and log data.
             next_obs, reward, terminations, truncations, infos = envs.step(action.cpu().numpy())
             # VLM-CaR: the verified reward hook. This step's views go to the program's confined worker, which checks
-            # them while the rollout goes on; back comes the previous step's env reward + sub-task bonuses
-            shaped = reward_hook.submit(reward, terminations, truncations, infos, next_obs)
-            if step > 0:
-                rewards[step - 1] = shaped
+            # them while the rollout goes on; the shaped rewards come back after the rollout (flush)
+            reward_hook.submit(reward, terminations, truncations, infos, next_obs)
             next_done = np.logical_or(terminations, truncations)
             terms[step], dones[step] = terminations, next_done
             next_obs = torch.Tensor(next_obs).to(device)
@@ -309,7 +307,7 @@ if __name__ == "__main__":
                     writer.add_scalar("charts/episodic_return", infos["episode"]["r"][i], global_step)
                     writer.add_scalar("charts/episodic_length", infos["episode"]["l"][i], global_step)
 
-        rewards[-1] = reward_hook.flush()  # VLM-CaR: the last step's shaped reward, before the advantages
+        rewards[:] = reward_hook.flush()  # VLM-CaR: env reward + verified sub-task bonuses of every rollout step
 
         # bootstrap value if not done
         rewards_t = torch.from_numpy(rewards).to(device)

@@ -42,62 +42,60 @@ MAX_TEXT = 2000  # longest traceback or message a reply carries
 # ----------------------------------------------------------------------------------------------------------
 # Framing (the parent's side is in confine.py)
 # ----------------------------------------------------------------------------------------------------------
-_inbox = bytearray()
+_inbox = bytearray()  # bytes the parent has sent and the worker has not parsed yet
+#: the longest the worker sleeps between looks at its requests when nobody rings (seconds)
+DRAIN_S = 0.01
+_doorbell = -1
 
 
-class _Pacer:
-    """Anticipates the training hook's requests. On a virtual machine a process that sleeps for a millisecond takes
-    about half a millisecond to wake up (measured here: a pipe round trip costs 26 us back to back and 520 us after
-    1 ms of idling), which would be paid on every vector step. So the worker sleeps until shortly before the next
-    request is due (the median of recent gaps), then polls for it, and blocks again if it does not come. It costs
-    CPU time on an otherwise idle core; `wake_early_s = 0` turns it off."""
+def _wait() -> None:
+    """Sleep until the parent rings the doorbell (it waits for a reply, or its request pipe is full) or DRAIN_S has
+    passed. The worker never sleeps on the request pipe itself: on a virtual machine every wake-up costs the process
+    that caused it tens of microseconds when idle and up to milliseconds when the cores are busy, and the training
+    hook sends one request per vector step. Polling every DRAIN_S keeps up with the rollout at ~100 wake-ups/s."""
+    import select
 
-    def __init__(self, wake_early_s: float):
-        self.wake_early_s = wake_early_s
-        self.gaps: list[float] = []
-        self.last: float | None = None
-
-    def wait(self, fd: int) -> None:
-        """Return when `fd` is readable."""
-        import select
-
-        if self.last is not None and len(self.gaps) >= 3:
-            gap = sorted(self.gaps)[len(self.gaps) // 2]
-            sleep = self.last + gap - self.wake_early_s - time.perf_counter()
-            if sleep > 0 and select.select([fd], [], [], sleep)[0]:
-                return
-            until = self.last + gap + 2 * self.wake_early_s
-            while time.perf_counter() < until:
-                if select.select([fd], [], [], 0)[0]:
-                    return
-        select.select([fd], [], [])
-
-    def arrived(self) -> None:
-        now = time.perf_counter()
-        if self.last is not None:
-            self.gaps = (self.gaps + [now - self.last])[-15:]
-        self.last = now
+    if _doorbell < 0:
+        select.select([0], [], [])
+        return
+    if select.select([_doorbell], [], [], DRAIN_S)[0]:
+        try:
+            if not os.read(_doorbell, 4096):  # the parent has gone
+                raise EOFError
+        except BlockingIOError:
+            pass
 
 
-_pacer: _Pacer | None = None
-
-
-def _read_exact(n: int) -> bytes:
-    while len(_inbox) < n:
-        if _pacer is not None and not _inbox:
-            _pacer.wait(0)
-        chunk = os.read(0, max(n - len(_inbox), 1 << 16))
+def _fill() -> None:
+    """Take in what the parent has sent (the request pipe is non-blocking). EOFError when the parent has gone."""
+    while True:
+        try:
+            chunk = os.read(0, 1 << 20)
+        except BlockingIOError:
+            return
         if not chunk:
             raise EOFError
         _inbox.extend(chunk)
-    out = bytes(_inbox[:n])
-    del _inbox[:n]
-    return out
+
+
+def _next_message():
+    """The next request, in order."""
+    while True:
+        if len(_inbox) >= 4:
+            (length,) = struct.unpack_from("<I", _inbox)
+            if len(_inbox) >= 4 + length:
+                raw = bytes(_inbox[4:4 + length])
+                del _inbox[:4 + length]
+                return pickle.loads(raw)  # from the trusted parent
+        _fill()
+        if len(_inbox) < 4 or len(_inbox) < 4 + struct.unpack_from("<I", _inbox)[0]:
+            _wait()
+            _fill()
 
 
 def _write(payload: bytes) -> None:
-    data = struct.pack("<I", len(payload)) + payload
-    view = memoryview(data)
+    """One reply, written at once (it wakes the parent only when the parent waits for it)."""
+    view = memoryview(struct.pack("<I", len(payload)) + payload)
     while view:
         view = view[os.write(1, view):]
 
@@ -242,6 +240,7 @@ def confine(memory_mb: int, cpu_s: int, skip: set[str]) -> dict:
 # The program
 # ----------------------------------------------------------------------------------------------------------
 _SCALARS = (int, float, str, bool, type(None), np.generic)
+_PLAIN = frozenset({int, float, str, bool, type(None)})
 
 
 def freeze(value):
@@ -400,29 +399,37 @@ def _unpack_columns(msg: dict):
             data = memoryview(col.data)
             col = [np.frombuffer(bytes(data[j * size:(j + 1) * size]), dtype=dtype).reshape(shape)
                    for j in range(col.shape[0])]
-        else:
-            col = [v if isinstance(v, _SCALARS) else freeze(v) for v in col]
+        else:  # scalars and tuples of them are immutable as they are
+            col = [v if type(v) in _PLAIN or type(v) is tuple and all(type(x) in _PLAIN for x in v) else freeze(v)
+                   for v in col]
         cols.append(col)
-    for j, (i, k) in enumerate(msg["index"]):
-        yield i, k, types.MappingProxyType({key: col[j] for key, col in zip(keys, cols)}), None
+    proxy = types.MappingProxyType
+    rows = zip(*cols) if cols else [()] * len(msg["index"])  # views without keys: empty rows
+    for (i, k), values in zip(msg["index"], rows):
+        yield i, k, proxy(dict(zip(keys, values))), None
 
 
-def _step(program: Loaded, starts: dict, msg: dict) -> bytes:
-    """One vector step: for each env (index, next sub-task k or -1 for a new episode, view, start view or None)."""
+def _step(program: Loaded, starts: dict, ks: dict, msg: dict) -> bytes:
+    """One vector step: for each env (index, k, view, start view or None). k is -1 when a new episode begins with
+    this view, None to go on from the next sub-task this worker's last answer gave the env, or the next sub-task
+    itself (after a restart, with the episode's start view)."""
     n, K, with_progress = msg["n"], program.k, msg["progress"]
     new_k = [0] * n
     progress = [0.0] * n
     program.failures = 0
-    for i, k, view, start in msg["items"] if "items" in msg else _unpack_columns(msg):
+    items = ((i, k, freeze(view), start) for i, k, view, start in msg["items"]) if "items" in msg \
+        else _unpack_columns(msg)  # frozen as they are unpacked
+    for i, k, view, start in items:
         if start is not None:
             starts[i] = freeze(start)
-        view = freeze(view)
+        if k is None:
+            k = ks[i]
         if k < 0:  # a new episode begins with this view
             starts[i] = view
             k = 0
         else:
             k = advance(program.check, k, K, view, starts[i])
-        new_k[i] = k
+        new_k[i] = ks[i] = k
         if with_progress and k < K:
             progress[i] = program.progress_or_zero(k, view, starts[i])
     return struct.pack(f"<i{n}i{n}d", program.failures, *new_k, *progress)
@@ -441,10 +448,10 @@ def _call(program: Loaded, msg: dict) -> dict:
 def serve() -> None:
     program: Loaded | None = None
     starts: dict = {}
+    ks: dict = {}
     while True:
         try:
-            (length,) = struct.unpack("<I", _read_exact(4))
-            msg = pickle.loads(_read_exact(length))  # from the trusted parent
+            msg = _next_message()
         except EOFError:
             return
         op = msg["op"]
@@ -459,9 +466,7 @@ def serve() -> None:
         elif op == "walk":
             _reply_json(_walk(program, msg["views"], msg["progress"]))
         elif op == "step":
-            if _pacer is not None:
-                _pacer.arrived()
-            _write(_step(program, starts, msg))
+            _write(_step(program, starts, ks, msg))
         elif op == "call":
             _reply_json(_call(program, msg))
         elif op == "first_error":
@@ -485,9 +490,11 @@ def main(argv: list[str]) -> None:
             os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
         except (OSError, AttributeError):
             pass
-    global _pacer
-    if float(opts.get("wake_early_s", 0.0)) > 0:
-        _pacer = _Pacer(float(opts["wake_early_s"]))
+    global _doorbell
+    _doorbell = int(opts.get("doorbell", -1))
+    os.set_blocking(0, False)
+    if _doorbell >= 0:
+        os.set_blocking(_doorbell, False)
     status = confine(int(opts["memory_mb"]), int(opts["cpu_s"]), set(opts.get("skip", ())))
     _reply_json({"ready": True, "confinement": status})
     try:

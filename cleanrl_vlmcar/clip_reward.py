@@ -52,9 +52,9 @@ when the hub is unreachable: the error names the id and says to pass a local che
 from __future__ import annotations
 
 import copy
-
 import os
 import warnings
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -452,8 +452,8 @@ class ClipTerm(RewardTerm):
         self._p_goal: list[np.ndarray] = []
         self._rewards: list[np.ndarray] = []
         self._calls = 0
-        self._values = np.zeros(self.num_envs)
-        self._forced: list[int] = []
+        self._queue: deque[tuple[np.ndarray, list[int]]] = deque()  # per step sent: (rewards, envs ended here)
+        self._forced: list[int] = []  # envs whose episode this term ended on the step collected last
 
     def _for(self, mission: str) -> ClipReward:
         if mission not in self._by_mission:
@@ -477,18 +477,21 @@ class ClipTerm(RewardTerm):
         self._p_goal.append(p_goal)
         self._rewards.append(rewards)
         self._calls += 1
-        self._values = rewards
-        self._forced = []
+        forced = []
         if self.end_episode:
             done = np.logical_or(step.terminations, step.truncations)
-            self._forced = [i for i in range(self.num_envs)
-                            if rewards[i] > 0 and not done[i] and not step.autoreset[i]]
-            for i in self._forced:
+            forced = [i for i in range(self.num_envs) if rewards[i] > 0 and not done[i] and not step.autoreset[i]]
+            for i in forced:
                 step.terminations[i] = True  # the learner sees the episode end here
                 self.envs._autoreset_envs[i] = True  # and the vector env resets this sub-env on the next step
+        self._queue.append((rewards, forced))
+
+    def reset(self, obs, infos) -> None:
+        self._queue.clear()
 
     def collect(self, step) -> list[float]:
-        return [0.0 if r else float(v) for v, r in zip(self._values, step.autoreset)]
+        values, self._forced = self._queue.popleft()
+        return [0.0 if r else float(v) for v, r in zip(values, step.autoreset)]
 
     def after_step(self, hook) -> None:
         writer = hook.writer

@@ -19,6 +19,7 @@ the caller decides whether to restart it.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import math
@@ -31,6 +32,7 @@ import subprocess
 import sys
 import time
 import weakref
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +47,9 @@ DEFAULT_CPU_S = 3600  # the worker's CPU-time rlimit; a worker that reaches it i
 STARTUP_TIMEOUT_S = 60.0
 LOAD_TIMEOUT_S = 30.0
 MAX_JSON_REPLY = 16 << 20
+F_SETPIPE_SZ = 1031  # fcntl: set a pipe's capacity (Linux)
+#: capacity asked for the request pipe (Linux allows unprivileged processes up to /proc/sys/fs/pipe-max-size, 1 MiB)
+PIPE_BYTES = 1 << 20
 MAX_TEXT = 2000
 _PKG_PARENT = str(Path(__file__).resolve().parents[1])
 _BOOT = ("import sys; sys.path[:0] = [p for p in sys.argv[1].split(chr(31)) if p]; "
@@ -87,7 +92,7 @@ class Confinement:
 _warned_missing: set[tuple[str, ...]] = set()
 
 
-def _kill(proc: subprocess.Popen) -> None:
+def _kill(proc: subprocess.Popen, bell=None) -> None:
     if proc.poll() is None:
         try:
             proc.kill()
@@ -97,7 +102,7 @@ def _kill(proc: subprocess.Popen) -> None:
         proc.wait(timeout=5)
     except subprocess.TimeoutExpired:  # pragma: no cover - a process that ignores SIGKILL
         pass
-    for f in (proc.stdin, proc.stdout, proc.stderr):
+    for f in (proc.stdin, proc.stdout, proc.stderr, bell):
         if f is not None:
             try:
                 f.close()
@@ -131,23 +136,25 @@ class ProgramWorker:
     SCHED_BATCH policy: a request wakes it without preempting the learner that sent it. Measured on a busy 2-core
     machine (benchmarks/hook_under_load.py) it helped beside other trainings (-20% against +16% per vector step)
     and hurt badly beside busy loops (+108% against +19%: the worker waits for a time slice, the learner for the
-    worker), so it is off by default. `wake_early_s` > 0 makes the worker
-    anticipate regular `step` requests (it wakes that long before the next one is due and polls; see
-    `_worker._Pacer`). `require_confinement=True` raises ConfinementError where the kernel lacks Landlock or
+    worker), so it is off by default.
+
+    Requests are not waited on one by one: `send_step` queues a vector step's views and returns (several may be
+    queued, as in a rollout); the worker takes its requests in when the caller waits for a reply or every
+    `_worker.DRAIN_S`, so a request never wakes it (see `_worker._wait`); `recv_step` reads the answers in order.
+    `require_confinement=True` raises ConfinementError where the kernel lacks Landlock or
     seccomp (else a warning is logged once and the worker runs with process isolation and rlimits only). `skip` is
     for tests: confinement steps to leave out ("landlock", "seccomp").
     """
 
     def __init__(self, program: RewardProgram, *, memory_mb: int = DEFAULT_MEMORY_MB, cpu_s: int = DEFAULT_CPU_S,
                  require_confinement: bool = False, skip: tuple[str, ...] = (), load_timeout_s: float = LOAD_TIMEOUT_S,
-                 wake_early_s: float = 0.0, batch_scheduling: bool = False):
+                 batch_scheduling: bool = False):
         if not isinstance(program, RewardProgram):
             raise TypeError("ProgramWorker needs a checked RewardProgram (cleanrl_vlmcar.program.load_program)")
         self.program = program
         self.memory_mb, self.cpu_s = int(memory_mb), int(cpu_s)
         self.require_confinement, self.skip = require_confinement, tuple(skip)
         self.load_timeout_s = float(load_timeout_s)
-        self.wake_early_s = float(wake_early_s)
         self.batch_scheduling = bool(batch_scheduling)
         self.proc: subprocess.Popen | None = None
         self.confinement = Confinement()
@@ -162,19 +169,31 @@ class ProgramWorker:
         """Start (or restart) the worker and load the program into it."""
         self.kill()
         paths = chr(31).join([_PKG_PARENT] + [p for p in sys.path if p and os.path.isdir(p)])
+        bell_r, bell_w = os.pipe()  # the doorbell: one byte when the parent waits for a reply (see _worker._wait)
         opts = json.dumps({"memory_mb": self.memory_mb, "cpu_s": self.cpu_s, "skip": list(self.skip),
-                           "wake_early_s": self.wake_early_s, "batch_scheduling": self.batch_scheduling})
+                           "batch_scheduling": self.batch_scheduling, "doorbell": bell_r})
         env = {k: os.environ[k] for k in _ENV_KEEP if k in os.environ}
         env.update(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
-        self.proc = subprocess.Popen([sys.executable, "-I", "-c", _BOOT, paths, opts], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd="/",
-                                     start_new_session=True, close_fds=True)
-        self._finalizer = weakref.finalize(self, _kill, self.proc)
+        try:
+            self.proc = subprocess.Popen([sys.executable, "-I", "-c", _BOOT, paths, opts], stdin=subprocess.PIPE,
+                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd="/",
+                                         start_new_session=True, close_fds=True, pass_fds=(bell_r,))
+        finally:
+            os.close(bell_r)
+        self._bell = open(bell_w, "wb", buffering=0)  # closed with the process (see _kill)
+        self._finalizer = weakref.finalize(self, _kill, self.proc, self._bell)
         self._r, self._w = self.proc.stdout.fileno(), self.proc.stdin.fileno()
         self._buf = bytearray()  # bytes read from the worker and not yet consumed
-        self._in_flight = None  # (deadline, n, bounds of new_k) of a step request whose answer is not read yet
+        self._queue: deque = deque()  # per step request sent and not answered yet: (n, [(env, k)], timeout_s)
+        self._next_subtask: dict[int, int] = {}  # per env, from the worker's last validated answer
+        self._rung = True  # the doorbell was rung since the last step request
         os.set_blocking(self._r, False)
         os.set_blocking(self._w, False)
+        os.set_blocking(bell_w, False)
+        try:  # room for a few hundred vector steps of requests between the worker's looks at them
+            fcntl.fcntl(self._w, F_SETPIPE_SZ, PIPE_BYTES)
+        except OSError:
+            pass
         self.starts += 1
         try:
             ready = self._recv_json(time.monotonic() + STARTUP_TIMEOUT_S)
@@ -226,11 +245,11 @@ class ProgramWorker:
             raise WorkerError("protocol", "the program worker loaded a different number of sub-tasks")
 
     def kill(self) -> None:
-        self._in_flight = None
+        self._queue = deque()
         if self.proc is not None:
             if self._finalizer is not None:
                 self._finalizer.detach()
-            _kill(self.proc)
+            _kill(self.proc, self._bell)
             self.proc = None
 
     close = kill
@@ -285,7 +304,27 @@ class ProgramWorker:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise self._fail("timeout", "the program worker stopped reading its requests")
-            select.select([], [self._w], [], remaining)
+            self._ring()  # the request pipe is full: the worker takes it in now
+            readable, _, _ = select.select([self._r], [self._w], [], remaining)
+            if readable:  # take its replies in meanwhile, or a worker blocked on a full reply pipe never reads
+                self._take_in()
+
+    def _ring(self) -> None:
+        try:
+            self._bell.write(b"\0")
+        except (BlockingIOError, OSError):  # already rung (the pipe is full), or the worker has gone
+            pass
+
+    def _take_in(self) -> bool:
+        """Read what the worker has written (non-blocking); False at end of file."""
+        try:
+            chunk = os.read(self._r, 1 << 20)
+        except BlockingIOError:
+            return True
+        except OSError:
+            chunk = b""
+        self._buf += chunk
+        return bool(chunk)
 
     def _read(self, n: int, deadline: float) -> bytes:
         buf = self._buf
@@ -296,6 +335,7 @@ class ProgramWorker:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise self._fail("timeout", "the program did not answer in time") from None
+                self._ring()  # the worker may be asleep with the request in its pipe
                 select.select([self._r], [], [], remaining)
                 continue
             except OSError:
@@ -334,48 +374,69 @@ class ProgramWorker:
         except (ValueError, TypeError, KeyError):
             raise self._fail("protocol", "the program worker sent an invalid walk result") from None
 
-    def step(self, items: list[tuple[int, int, Any, Any]], n: int, progress: bool,
+    def step(self, items: list[tuple[int, int | None, Any, Any]], n: int, progress: bool,
              timeout_s: float) -> tuple[int, list[int], list[float]]:
-        """One vector step. `items`: (env index, next sub-task k or -1 when a new episode begins with this view,
-        view, start view to (re)register or None). Returns (check failures, new next sub-task per env, progress
-        of the new next sub-task per env), read from a fixed-size record and range-checked."""
+        """One vector step, waited for: `send_step` then `recv_step`."""
         self.send_step(items, n, progress, timeout_s)
         return self.recv_step()
 
-    def send_step(self, items: list[tuple[int, int, Any, Any]], n: int, progress: bool, timeout_s: float) -> None:
-        """The first half of `step`: send the request and return at once; the worker checks the views while the
-        caller goes on. `recv_step` reads the answer (one request in flight at a time)."""
-        if self._in_flight is not None:
-            raise RuntimeError("send_step: the previous step's answer has not been read (recv_step)")
-        deadline = time.monotonic() + timeout_s
-        columns = pack_columns([view for _, _, view, _ in items]) if all(s is None for *_, s in items) else None
+    def send_step(self, items: list[tuple[int, int | None, Any, Any]], n: int, progress: bool,
+                  timeout_s: float) -> None:
+        """Queue one vector step and return at once; the worker checks the views while the caller goes on.
+        `items`: (env index, k, view[, start view to (re)register or None]), where k is -1 when a new episode begins
+        with this view, None to go on from the next sub-task the worker's previous answer gave the env, or that
+        next sub-task itself (with the start view, after a restart). `timeout_s` bounds the write (a full pipe)
+        and, later, `recv_step`'s wait for this step's answer."""
+        if self.proc is None:
+            raise self._fail("crash", "the program worker is not running")
+        index, views, starts = [], [], False
+        for item in items:
+            index.append((item[0], item[1]))
+            views.append(item[2])
+            starts = starts or len(item) > 3 and item[3] is not None
+        columns = None if starts else pack_columns(views)
         if columns is not None:  # one column per view key: the cheap form of the usual step
-            message = {"op": "step", "index": [(i, k) for i, k, _, _ in items], "columns": columns, "n": n,
-                       "progress": bool(progress)}
+            message = {"op": "step", "index": index, "columns": columns, "n": n, "progress": bool(progress)}
         else:
-            message = {"op": "step", "items": [(i, k, pack(view), None if start is None else pack(start))
-                                               for i, k, view, start in items], "n": n, "progress": bool(progress)}
-        K = self.program.num_subtasks
-        bounds = [(0, K)] * n
-        for i, k, _, _ in items:  # a sub-task never un-completes; a new episode starts at 0
-            bounds[i] = (k, K) if k >= 0 else (0, 0)
-        self._send(message, deadline)
-        self._in_flight = (deadline, n, bounds)
+            message = {"op": "step", "n": n, "progress": bool(progress),
+                       "items": [(i, k, pack(view), pack(item[3]) if len(item) > 3 and item[3] is not None else None)
+                                 for (i, k), view, item in zip(index, views, items)]}
+        self._send(message, time.monotonic() + timeout_s)
+        self._queue.append((n, index, timeout_s))
+        self._rung = False
+
+    @property
+    def pending(self) -> int:
+        """Step requests sent and not answered yet."""
+        return len(self._queue)
 
     def recv_step(self) -> tuple[int, list[int], list[float]]:
-        """The second half of `step`: the answer to the request `send_step` sent, by that request's deadline."""
-        if self._in_flight is None:
+        """The answer to the oldest step request `send_step` queued: (check failures, new next sub-task per env,
+        progress of the new next sub-task per env), read from a fixed-size record and range-checked (a sub-task
+        never un-completes; a new episode starts at 0). What has arrived counts; else the worker has the request's
+        `timeout_s` from now to answer."""
+        if not self._queue:
             raise RuntimeError("recv_step: no step request in flight (send_step)")
-        deadline, n, bounds = self._in_flight
-        self._in_flight = None
+        if not self._rung:  # the first answer of a batch: the worker checks the rest while the caller books this one
+            self._ring()
+            self._rung = True
+        n, index, timeout_s = self._queue.popleft()
         size = 4 + 12 * n
-        raw = self._read(4 + size, deadline)  # the reply's size is known: its length prefix and record at once
+        raw = self._read(4 + size, time.monotonic() + timeout_s)  # the reply's length prefix and record at once
         if raw[:4] != struct.pack("<I", size):
             raise self._fail("protocol", "the program worker sent a reply of the wrong size")
         values = struct.unpack_from(f"<i{n}i{n}d", raw, 4)
         failures, new_k, prog = values[0], list(values[1:n + 1]), list(values[n + 1:])
-        if not (failures >= 0 and all(lo <= k <= hi for k, (lo, hi) in zip(new_k, bounds))
-                and all(0.0 <= p <= 1.0 for p in prog)):  # NaN fails these comparisons too
+        K, known = self.program.num_subtasks, self._next_subtask
+        ok = failures >= 0 and min(new_k) >= 0 and max(new_k) <= K and all(0.0 <= p <= 1.0 for p in prog)
+        for i, k in index:  # NaN fails the comparisons above too
+            new = new_k[i]
+            if k is None:
+                ok = ok and new >= known.get(i, 0)  # a sub-task never un-completes
+            else:
+                ok = ok and (new == 0 if k == -1 else new >= k)  # a new episode starts at 0
+            known[i] = new
+        if not ok:
             raise self._fail("protocol", "the program worker sent values out of range")
         return failures, new_k, prog
 

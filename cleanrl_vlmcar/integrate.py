@@ -129,111 +129,139 @@ class EpisodeProgress:
 
 MIN_DEADLINE_S = 2.0
 DEADLINE_FACTOR = 100.0
-#: the hook's worker may wake this long before the next vector step's request is due and poll for it (0, the
-#: default: it sleeps until the request comes). Polling saved ~5 points of hook overhead on an idle machine, and
-#: would take CPU from a second training sharing the cores, so it is off unless asked for
-WAKE_EARLY_S = 0.0
 
 
 class ProgramRunner:
-    """The learner's side of the confined worker: one message per vector step, a deadline, restarts, switch-off.
+    """The learner's side of the confined worker: one message per vector step, answers read in order, deadlines,
+    restarts, switch-off.
 
-    A reply that misses its deadline, a crash or a malformed reply kills and restarts the worker and counts every
-    check of that step as a failure (`worker_restarts`, `check_failures`). After `max_failed_replies` failed
-    replies in a row, or when more than half of at least 1,000 checks have failed, the program is switched off for
-    the rest of the run (`disabled` holds the reason): the caller pays no bonuses from then on.
+    `submit` queues a vector step's views and returns at once (a rollout queues its steps; the worker checks them
+    meanwhile); `collect` returns the answers in the order the steps were submitted. The worker keeps each env's
+    next sub-task between its answers, so a step is sent before the previous one's answer is read.
+
+    An answer that misses its deadline, a crash or a malformed answer kills and restarts the worker and counts every
+    check of the steps it had not answered as failures (`worker_restarts`, `check_failures`); their `collect` is
+    None (the caller pays nothing and holds progress), and the next step sent tells the new worker each env's next
+    sub-task and episode start. After `max_failed_replies` failures in a row, or when more than half of at least
+    1,000 checks have failed, the program is switched off for the rest of the run (`disabled` holds the reason):
+    the caller pays no bonuses from then on.
     """
 
     def __init__(self, program: RewardProgram, num_envs: int, use_progress: bool = False,
                  deadline_s: float | None = None, require_confinement: bool = False, max_failed_replies: int = 3,
-                 memory_mb: int = DEFAULT_MEMORY_MB, wake_early_s: float = WAKE_EARLY_S):
+                 memory_mb: int = DEFAULT_MEMORY_MB):
         self.program, self.num_envs, self.use_progress = program, num_envs, use_progress
         if deadline_s is None:  # from the verified check cost when the cache entry recorded it
             per_step = num_envs * program.num_subtasks * (program.us_per_check or 0.0) * 1e-6
             deadline_s = max(MIN_DEADLINE_S, DEADLINE_FACTOR * per_step)
         self.deadline_s, self.max_failed_replies = float(deadline_s), max_failed_replies
-        self.worker = ProgramWorker(program, require_confinement=require_confinement, memory_mb=memory_mb,
-                                     wake_early_s=wake_early_s)
+        self.worker = ProgramWorker(program, require_confinement=require_confinement, memory_mb=memory_mb)
         self.starts: list[Any] = [None] * num_envs
-        self._resend: set[int] = set()
         self.check_failures = self.worker_restarts = self.checked = 0
         self._failed_in_a_row = 0
-        self._submitted = 0  # checks in the request in flight (0: none)
+        # per submitted step, in order: [sent, checks, envs whose episode begins with it]; sent False: no answer
+        self._queue: deque[list] = deque()
+        self._answered_k = [0] * num_envs  # next sub-task per env after the last collected step
+        self._resync = False  # the worker was restarted: the next step sent gives it every env's k and start
         self.disabled: str | None = None
         self.first_error = ""  # the worker's traceback of the first failed check (sanitised)
 
-    def step(self, items: list[tuple[int, int, Any]]) -> tuple[np.ndarray, np.ndarray] | None:
-        """`items`: (env index, next sub-task, or -1 when a new episode begins with this view, view). Returns the new
-        next sub-task and progress value per env, or None when there is no answer for this step."""
+    def step(self, items: list[tuple[int, int | None, Any]]) -> tuple[list[int], list[float]] | None:
+        """`items`: (env index, -1 when a new episode begins with this view or None, view). Returns the new next
+        sub-task and progress value per env, or None when there is no answer for this step."""
+        if self._queue:
+            raise RuntimeError("ProgramRunner.step with submitted steps not collected")
         self.submit(items)
         return self.collect()
 
-    def submit(self, items: list[tuple[int, int, Any]]) -> None:
-        """The first half of `step`: send the request; the worker checks while the caller goes on."""
-        self._submitted = 0
+    def submit(self, items: list[tuple[int, int | None, Any]]) -> None:
+        """Queue one vector step (see `step`); the worker checks it while the caller goes on."""
+        if any(k is not None and k != -1 for _, k, _ in items):
+            raise ValueError("ProgramRunner.submit: k is -1 (a new episode) or None")
+        resets = []
+        for i, k, view in items:
+            if k is not None:  # -1: a new episode begins with this view
+                resets.append(i)
+                self.starts[i] = view
+        entry = [False, len(items), resets]
+        self._queue.append(entry)
         if self.disabled:
             return
-        request = []
-        for i, k, view in items:
-            if k < 0:
-                self.starts[i] = view
-                self._resend.discard(i)
-                request.append((i, k, view, None))
-            elif i in self._resend:
-                self._resend.discard(i)
-                request.append((i, k, view, self.starts[i]))
-            else:
-                request.append((i, k, view, None))
         self.checked += len(items)
+        if self._resync:  # a new worker: each env's next sub-task (from the answers so far) and episode start
+            ks = self._expected_k()
+            request = [(i, k, view, None) if k is not None else (i, ks[i], view, self.starts[i])
+                       for i, k, view in items]
+        else:
+            request = items
         try:
             self.worker.send_step(request, self.num_envs, self.use_progress, self.deadline_s)
         except WorkerError as e:
-            self._failed(len(items), e)
+            self._failed(e)
             return
-        self._submitted = len(items)
+        entry[0] = True
+        self._resync = False
+
+    def _expected_k(self) -> list[int]:
+        """Each env's next sub-task once every queued step is collected, when those not answered yet never will be
+        (only new episodes change it)."""
+        ks = list(self._answered_k)
+        for _, _, resets in self._queue:
+            for i in resets:
+                ks[i] = 0
+        return ks
 
     @property
-    def in_flight(self) -> bool:
-        """A request was sent and its answer is not read yet."""
-        return bool(self._submitted)
+    def in_flight(self) -> int:
+        """Steps submitted and not collected yet."""
+        return len(self._queue)
 
-    def collect(self) -> tuple[np.ndarray, np.ndarray] | None:
-        """The second half of `step`: the answer to what `submit` sent, or None when there is none."""
-        n, self._submitted = self._submitted, 0
-        if not n or self.disabled:
+    def collect(self) -> tuple[list[int], list[float]] | None:
+        """The answer to the oldest submitted step, or None when there is none (a failed worker, switched off)."""
+        sent, n, resets = self._queue.popleft()
+        for i in resets:
+            self._answered_k[i] = 0
+        if not sent or self.disabled:
             return None
         try:
             failures, new_k, progress = self.worker.recv_step()
         except WorkerError as e:
-            self._failed(n, e)
+            self._queue.appendleft([True, n, []])  # counted with the steps still queued
+            self._failed(e)
+            self._queue.popleft()
             return None
         self._failed_in_a_row = 0
+        self._answered_k = new_k
         if failures and not self.first_error:
             try:
                 self.first_error = self.worker.first_error(self.deadline_s) or "(no traceback)"
             except WorkerError as e:
                 self.first_error = f"(could not be read: {e})"
+                self._failed(e)
         self.check_failures += failures
         if self.checked >= 1000 and self.check_failures > 0.5 * self.checked:
             self._disable(f"its checks failed {self.check_failures} times in {self.checked} env steps")
         return new_k, progress
 
-    def _failed(self, n: int, error: WorkerError) -> None:
-        self.check_failures += n
+    def _failed(self, error: WorkerError) -> None:
+        """The worker failed: every queued step it had not answered is lost (its checks count as failures)."""
+        for entry in self._queue:
+            if entry[0]:
+                self.check_failures += entry[1]
+                entry[0] = False
         self.first_error = self.first_error or f"no answer from the worker ({error.kind}: {error})"
         self._failed_in_a_row += 1
         if self._failed_in_a_row >= self.max_failed_replies:
             self._disable(f"the worker failed {self._failed_in_a_row} times in a row (last: {error})")
             return
-        log.warning("reward program worker failed (%s: %s); restarting it, this step's checks count as failed",
-                    error.kind, error)
+        log.warning("reward program worker failed (%s: %s); restarting it, the checks of the steps it had not "
+                    "answered count as failed", error.kind, error)
         self.worker_restarts += 1
+        self._resync = True
         try:
             self.worker.start()
         except WorkerError as e:
-            self._failed(0, e)
-            return
-        self._resend = {i for i, s in enumerate(self.starts) if s is not None}
+            self._failed(e)
 
     def _disable(self, reason: str) -> None:
         self.disabled = reason
@@ -343,7 +371,7 @@ class ProgramTerm(RewardTerm):
         return views
 
     def reset(self, obs: Any, infos: dict | None) -> None:
-        if self.runner.in_flight:  # the answer to a step that the reset discards: read and dropped
+        while self.runner.in_flight:  # the answers to steps that the reset discards: read and dropped
             self.runner.collect()
         views = self._views(infos, obs, [True] * self.num_envs)
         answer = self.runner.step([(i, -1, v) for i, v in enumerate(views)])
@@ -352,8 +380,9 @@ class ProgramTerm(RewardTerm):
 
     def send(self, step: VectorStep) -> None:
         views = self._views(step.infos, step.obs, step.autoreset)
-        self.runner.submit([(i, -1 if step.autoreset[i] else p.next_subtask, views[i])
-                            for i, p in enumerate(self.progress)])
+        # the worker keeps each env's next sub-task: it is not known here until the previous steps are collected
+        self.runner.submit([(i, -1 if reset else None, view) for i, (reset, view) in
+                            enumerate(zip(step.autoreset, views))])
 
     def collect(self, step: VectorStep) -> list[float]:
         answer = self.runner.collect()
@@ -361,13 +390,13 @@ class ProgramTerm(RewardTerm):
             self.completed[:] = False
             self._any_completed = False
         bonus = [0.0] * self.num_envs
-        terminated = step.terminations
-        for i, p in enumerate(self.progress):
-            if step.autoreset[i]:  # the reset step: progress starts over with this view
-                p.begin(answer[1][i] if answer is not None else 0.0)
+        terminated = step.terminations.tolist()
+        ks, progress = answer if answer is not None else (None, [0.0] * self.num_envs)
+        for i, (p, reset) in enumerate(zip(self.progress, step.autoreset)):
+            if reset:  # the reset step: progress starts over with this view
+                p.begin(progress[i])
                 continue
-            k, new_k, bonus[i] = p.step(int(answer[0][i]), answer[1][i], bool(terminated[i])) \
-                if answer is not None else p.hold()
+            k, new_k, bonus[i] = p.step(ks[i], progress[i], terminated[i]) if ks is not None else p.hold()
             if new_k > k:
                 self.completed[i, k:new_k] = True
                 self._any_completed = True
@@ -420,7 +449,9 @@ class RewardHook:
         next_obs, reward, terminations, truncations, infos = envs.step(action)
         reward = hook.step(reward, terminations, truncations, infos, obs=next_obs)   # env reward + terms
 
-    or pipelined (`submit` returns the previous step's shaped rewards; `flush()` the last one).
+    or queued, as ppo_vlmcar.py does: `hook.submit(...)` per step returns at once (the program checks the views in
+    its worker while the rollout goes on) and `rewards[:] = hook.flush()` after the rollout returns every submitted
+    step's shaped rewards, (steps, num_envs); episodes are booked and logged then, at their own global steps.
 
     `program` (a verified RewardProgram) adds a `ProgramTerm` with the given view, bonus, shaping, gamma,
     use_progress, deadline and confinement settings; `terms` adds any other RewardTerms (e.g. a CLIP term). With
@@ -471,8 +502,9 @@ class RewardHook:
         self._since_rates, self._rates_logged = 0, False
         self.logs_shaped_return = bool(self.terms)
         self._fidelity_warned = False
-        self._pending: VectorStep | None = None  # a submitted step whose terms are not collected yet
-        self._delayed: np.ndarray | None = None  # `submit` without terms: the shaped rewards it owes
+        self._pending: list = []  # submitted steps not booked yet (VectorSteps; without terms, their rewards)
+        self.flushed_episodes: list[EpisodeRecord] = []
+        self._booked_episodes: list[EpisodeRecord] = []  # booked by `submit` (no terms), not flushed yet
 
     # --- what the program term knows, for callers and tests --------------------------------------------------
     @property
@@ -517,8 +549,9 @@ class RewardHook:
         self._length[i] = 0
 
     def reset(self, infos: dict | None = None, obs: Any = None) -> None:
-        """Call after `envs.reset()` (which returned `obs`, `infos`): every environment starts a new episode."""
-        self._pending = self._delayed = None
+        """Call after `envs.reset()` (which returned `obs`, `infos`): every environment starts a new episode. Steps
+        submitted and not flushed are dropped."""
+        self._pending, self._booked_episodes = [], []
         for term in self.terms:
             term.reset(obs, infos)
         for i in range(self.num_envs):
@@ -529,40 +562,46 @@ class RewardHook:
              infos: dict | None = None, extra: np.ndarray | None = None, obs: Any = None) -> np.ndarray:
         """Shaped rewards for one vector step: the environment's reward + the terms [+ `extra`, added outside
         autoreset steps]. `obs`, the step's observations, is needed only by views built from them (the generic
-        family's `obs` view)."""
+        family's `obs` view). Waits for the terms."""
+        if self._pending:
+            raise UsageError("RewardHook.step after submit: call flush() for the submitted steps first")
         if not self.terms and extra is None:
             return self._step_sparse(reward, terminations, truncations, infos)
-        if self._pending is not None:  # a step sent by `submit` is booked first
-            self.flush()
         return self._book(self._send(reward, terminations, truncations, infos, obs, extra))
 
     def submit(self, reward: np.ndarray, terminations: np.ndarray, truncations: np.ndarray,
-               infos: dict | None = None, obs: Any = None) -> np.ndarray | None:
-        """`step`, pipelined: send this vector step to the terms and return at once with the shaped rewards of the
-        step submitted before (None on the first step after `reset` or `flush`). The program's checks run while
-        the rollout goes on, so their cost hides behind the next policy forward and env step. Call `flush()` for
-        the last step's shaped rewards before using the rollout. Rewards, bonuses, episodes and logs are exactly
-        those of `step`, one step later."""
-        if not self.terms:  # nothing to wait for: the same answers, delayed to keep one calling convention
-            shaped, self._delayed = self._delayed, self.step(reward, terminations, truncations, infos, obs=obs)
-            return shaped
-        shaped = self.flush()
-        self._pending = self._send(reward, terminations, truncations, infos, obs, None)
-        return shaped
+               infos: dict | None = None, obs: Any = None) -> None:
+        """`step`, queued: send this vector step to the terms and return at once. The program's checks run in
+        its worker while the rollout goes on; `flush()` returns the shaped rewards of every step submitted since
+        the last flush and books their episodes. Rewards, bonuses, episodes and logs are exactly those of `step`.
+        A term that ends episodes (the CLIP term with `end_episode`) does it here, in `terminations`."""
+        if not self.terms:  # nothing to wait for: booked now, returned at flush
+            self._pending.append(self._step_sparse(reward, terminations, truncations, infos))
+            self._booked_episodes += self.episodes
+            return
+        self._pending.append(self._send(reward, terminations, truncations, infos, obs, None))
 
     def flush(self) -> np.ndarray | None:
-        """The shaped rewards of the step `submit` sent last (None if there is none); waits for the terms."""
-        if not self.terms:
-            shaped, self._delayed = self._delayed, None
-            return shaped
-        pending, self._pending = self._pending, None
-        return None if pending is None else self._book(pending)
+        """The shaped rewards of the steps `submit` queued, (steps, num_envs) float32, in order (None if there are
+        none); waits for the terms, then books each step's episodes and logs (`flushed_episodes`: the episodes that
+        ended in these steps)."""
+        pending, self._pending = self._pending, []
+        self.flushed_episodes, self._booked_episodes = self._booked_episodes, []
+        if not pending:
+            return None
+        out = []
+        for s in pending:
+            out.append(s if isinstance(s, np.ndarray) else self._book(s))
+            self.flushed_episodes += self.episodes
+        return np.stack(out)
 
     def _send(self, reward, terminations, truncations, infos, obs, extra) -> VectorStep:
         step = VectorStep(np.asarray(reward, dtype=np.float64).tolist(), terminations, truncations, infos, obs,
                           self._autoreset, extra)
         for term in self.terms:
             term.send(step)
+        # an env whose episode ends here is reset on its next step (read after the terms: a term may end episodes)
+        self._autoreset = np.logical_or(terminations, truncations).tolist()
         return step
 
     def _book(self, step: VectorStep) -> np.ndarray:
@@ -594,7 +633,6 @@ class RewardHook:
                     i, fields["subtasks_completed"], fields["task_completed"], self._shaped_return[i],
                     self._env_return[i], self._length[i],
                     episode_success(i, rewards[i], terminated[i], step.infos, self.success_rule)))
-        self._autoreset = done
         self.env_reward, self.bonus = np.array(rewards), np.array(bonus)
         if self.episodes:
             self._record_episodes()
@@ -734,7 +772,7 @@ class VLMCaRRewardWrapper(gym.Wrapper):
 
     def step(self, action):
         obs, reward, terminated, truncated, info = self.env.step(action)
-        answer = self.runner.step([(0, self.progress.next_subtask, self.adapter.step(obs, info))])
+        answer = self.runner.step([(0, None, self.adapter.step(obs, info))])  # the worker keeps k
         k, new_k, bonus = self.progress.step(int(answer[0][0]), answer[1][0], bool(terminated)) \
             if answer is not None else self.progress.hold()
         info = dict(info)

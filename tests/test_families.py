@@ -145,28 +145,31 @@ def test_shipped_mountaincar_demos_replay_to_the_flag():
 
 
 def test_hook_pays_mountaincar_subtasks_in_order_with_the_generic_success_rule():
-    """Energy pumping in two envs through the pipelined hook: four bonuses each, in order, and the episodes end
-    with the generic family's success (termination)."""
+    """Energy pumping in two envs through the queued hook (flushed every 32 steps, as a rollout): four bonuses
+    each, in order, and the episodes end with the generic family's success (termination)."""
     program = mountaincar_program()
     envs = gym.vector.SyncVectorEnv([lambda: gym.make(MC) for _ in range(2)])
     obs, infos = envs.reset(seed=[0, 1])
     hook = RewardHook(program, envs, view="obs")
     hook.reset(infos, obs)
-    bonus_total, episodes = np.zeros(2), []
-    for _ in range(140):
+    shaped, episodes = [], []
+    for t in range(160):
         obs, reward, term, trunc, infos = envs.step(np.array([energy_pumping(o) for o in obs]))
-        shaped = hook.submit(reward, term, trunc, infos, obs)
-        if shaped is not None:
-            bonus_total += hook.bonus
-        episodes += hook.episodes
-        if len(episodes) == 2:
-            break
-    hook.flush()
-    episodes += hook.episodes
+        hook.submit(reward, term, trunc, infos, obs)
+        if (t + 1) % 32 == 0:
+            shaped.append(hook.flush())
+            episodes += hook.flushed_episodes
+            if len(episodes) >= 2:
+                break
     hook.close()
+    episodes = episodes[:2]
+    shaped = np.concatenate(shaped)
+    env_steps = [e.length for e in sorted(episodes, key=lambda e: e.env_index)]
+    # shaped = -1 per step (the env's reward) + the bonuses; the reset step after an episode pays 0
+    bonus_total = [float(shaped[:n, i].sum() + n) for i, n in enumerate(env_steps)]
     assert sorted(e.env_index for e in episodes) == [0, 1]
     assert all(e.success and e.task_completed and e.subtasks_completed == 4 for e in episodes)
-    assert bonus_total.tolist() == [4.0, 4.0]
+    assert bonus_total == [4.0, 4.0]
     assert hook.task_without_success == 0.0
 
 

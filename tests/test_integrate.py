@@ -9,6 +9,7 @@ import pytest
 from minigrid.wrappers import FullyObsWrapper
 
 from cleanrl_vlmcar.confine import ProgramWorker
+from cleanrl_vlmcar.errors import UsageError, WorkerError
 from cleanrl_vlmcar.integrate import RewardHook, ViewInfoWrapper, VLMCaRRewardWrapper, advance, completion_steps
 from cleanrl_vlmcar.program import load_program
 from cleanrl_vlmcar.views import ViewError, all_specs, get_spec, make_view
@@ -224,6 +225,33 @@ def test_incremental_state_view_equals_fully_obs_wrapper(env_id):
             v = view.reset()
 
 
+@pytest.mark.parametrize("env_id", ["MiniGrid-KeyCorridorS3R1-v0", "MiniGrid-DoorKey-5x5-v0",
+                                    "MiniGrid-BlockedUnlockPickup-v0", "MiniGrid-Dynamic-Obstacles-5x5-v0"])
+def test_incremental_pixels_view_equals_the_full_frame(env_id):
+    """The pixels view draws only the cells a step can change; every frame equals minigrid's own full frame,
+    through pick-ups, drops, doors, boxes, episode ends and the non-incremental Dynamic-Obstacles."""
+    from cleanrl_vlmcar.views.minigrid import TILE_SIZE
+
+    env = gym.make(env_id)
+    view = make_view(env, "pixels")
+    assert view.incremental == ("Dynamic" not in env_id)
+    rng = np.random.default_rng(1)
+    env.reset(seed=0)
+    v = view.reset()
+    frames = []
+    for t in range(600):
+        full = env.unwrapped.get_frame(highlight=False, tile_size=TILE_SIZE)
+        assert np.array_equal(v["rgb"], full), t
+        frames.append(v["rgb"])
+        _, _, te, tr, _ = env.step(int(rng.integers(6)))
+        v = view.step()
+        if te or tr:
+            env.reset(seed=t)
+            v = view.reset()
+    assert len({f.tobytes() for f in frames}) > 20  # the agent moved, turned and changed the grid
+    assert frames[0] is not frames[1] and not np.shares_memory(frames[0], frames[1])
+
+
 def test_views_are_independent_copies():
     env = gym.make(ENV_ID)
     view = make_view(env, "state")
@@ -318,125 +346,154 @@ def test_panda_pixels_doc_is_measured_and_still_true():
     assert "5 cm success radius is about" in doc and str(committed["colours"]["table"][0]) in doc
 
 
-def test_hook_worker_that_anticipates_requests_answers_the_same():
-    """`wake_early_s` only changes when the worker polls, not what it answers."""
+def test_runner_answers_queued_steps_in_order_as_if_waited_for_one_by_one():
+    """Steps submitted before earlier answers are read: the worker carries each env's next sub-task itself, so the
+    answers equal those of waiting for every step."""
     from cleanrl_vlmcar.integrate import ProgramRunner
 
     program = load_program("SUBTASKS = ['a', 'b']\ndef subtask_1(obs, start):\n    return obs['x'] > 0\n"
                            "def subtask_2(obs, start):\n    return obs['x'] > 1\n")
+    xs = [(0, 1), (1, 2), (0, 0), (2, 1), (5, 0), (0, 3)]
+    resets = {3: 1}  # env 1 begins a new episode with step 3's view
     answers = []
-    for early in (0.0, 0.002):
-        runner = ProgramRunner(program, 2, wake_early_s=early)
+    for queued in (False, True):
+        runner = ProgramRunner(program, 2)
         got = [list(runner.step([(0, -1, {"x": 0}), (1, -1, {"x": 0})])[0])]
-        k = [0, 0]
-        for x in (0, 1, 1, 2, 5):
-            new_k, _ = runner.step([(0, k[0], {"x": x}), (1, k[1], {"x": x + 1})])
-            k = list(new_k)
-            got.append(k)
+        for t, (x0, x1) in enumerate(xs):
+            items = [(0, None, {"x": x0}), (1, -1 if resets.get(t) == 1 else None, {"x": x1})]
+            if queued:
+                runner.submit(items)
+            else:
+                got.append(list(runner.step(items)[0]))
+        if queued:
+            assert runner.in_flight == len(xs)
+            got += [list(runner.collect()[0]) for _ in xs]
+        assert runner.in_flight == 0 and runner.check_failures == 0
         runner.close()
         answers.append(got)
-    assert answers[0] == answers[1] == [[0, 0], [0, 1], [1, 2], [1, 2], [2, 2], [2, 2]]
+    assert answers[0] == answers[1] == [[0, 0], [0, 1], [1, 2], [1, 2], [2, 0], [2, 0], [2, 2]]
 
 
-def _rollout(hook, envs, actions, pipelined):
-    """Shaped rewards per step and the episodes booked, with `step` or with `submit` + `flush`."""
+def _rollout(hook, envs, actions, queued, rollout=16):
+    """Shaped rewards per step and the episodes booked, with `step` or with `submit` + `flush` every `rollout`
+    steps."""
     shaped, episodes = [], []
-    for a in actions:
+    for t, a in enumerate(actions):
         _, reward, term, trunc, infos = envs.step(a)
-        if pipelined:
-            out = hook.submit(reward, term, trunc, infos)
-            if out is not None:
-                shaped.append(out)
+        if queued:
+            assert hook.submit(reward, term, trunc, infos) is None
+            if (t + 1) % rollout == 0 or t == len(actions) - 1:
+                out = hook.flush()
+                assert out.shape == ((t % rollout) + 1, envs.num_envs) and out.dtype == np.float32
+                shaped += list(out)
+                episodes += hook.flushed_episodes
         else:
             shaped.append(hook.step(reward, term, trunc, infos))
-        episodes += hook.episodes
-    if pipelined:
-        shaped.append(hook.flush())
-        episodes += hook.episodes
+            episodes += hook.episodes
     return np.array(shaped), [(e.env_index, e.subtasks_completed, e.shaped_return, e.length, e.success)
                               for e in episodes]
 
 
 @pytest.mark.parametrize("with_program", [True, False])
-def test_pipelined_submit_pays_exactly_what_step_pays(with_program):
-    """`submit` returns the previous step's shaped rewards; over a random rollout with episodes ending and
-    autoresets, rewards and episodes equal those of `step` (the PPO script relies on it)."""
+def test_queued_submit_pays_exactly_what_step_pays(with_program):
+    """`submit` queues steps and `flush` returns their shaped rewards; over a random rollout with episodes ending
+    and autoresets, rewards and episodes equal those of `step` (the PPO script relies on it)."""
     program = keycorridor_program() if with_program else None
     rng = np.random.default_rng(3)
     # the scripted solution for env 0, random actions elsewhere, so sub-tasks, success and timeouts all happen
     actions = rng.integers(0, 6, size=(260, 3))
     actions[:len(SCRIPT), 0] = SCRIPT
     results = []
-    for pipelined in (False, True):
+    for queued in (False, True):
         envs = gym.vector.SyncVectorEnv([make_env, make_env,
                                          lambda: gym.make(ENV_ID, max_steps=20)])
         _, infos = envs.reset(seed=[0, 1, 2])
         hook = RewardHook(program, envs, bonus=0.5)
         hook.reset(infos)
-        results.append(_rollout(hook, envs, actions, pipelined))
+        results.append(_rollout(hook, envs, actions, queued))
         hook.close()
         envs.close()
-    (sync_r, sync_e), (pipe_r, pipe_e) = results
-    assert sync_r.shape == pipe_r.shape == (260, 3)
-    np.testing.assert_array_equal(sync_r, pipe_r)
-    assert sync_e == pipe_e and len(sync_e) >= 10
+    (sync_r, sync_e), (queued_r, queued_e) = results
+    assert sync_r.shape == queued_r.shape == (260, 3)
+    np.testing.assert_array_equal(sync_r, queued_r)
+    assert sync_e == queued_e and len(sync_e) >= 10
     if with_program:
         assert sync_r[:len(SCRIPT), 0].sum() > 1.4  # three bonuses of 0.5 plus the env's reward were paid
 
 
-def test_pipelined_hook_counts_a_hanging_step_and_goes_on():
-    """A program that hangs on one view: with `submit`, the step's answer misses its deadline when collected,
-    the worker restarts, that step's checks count as failures and the rollout goes on with bonuses afterwards."""
-    program = load_program("SUBTASKS = ['reach x = 2 (hangs at x = 7)']\n"
+def test_queued_hook_counts_a_hanging_step_and_goes_on():
+    """A program that hangs on one view while later steps are queued behind it: at flush its answer misses the
+    deadline, the worker restarts, the checks of every step it had not answered count as failures, and the next
+    steps (sent to the new worker with the episode's progress and start) are paid again."""
+    program = load_program("SUBTASKS = ['reach x = 2', 'reach x = 3 (hangs at x = 7)']\n"
                            "def subtask_1(obs, start):\n"
+                           "    return obs['agent_pos'][0] == 2\n"
+                           "def subtask_2(obs, start):\n"
                            "    if obs['agent_pos'][0] == 7:\n"
                            "        return sum(range(10 ** 12)) > 0\n"
-                           "    return obs['agent_pos'][0] == 2\n")
+                           "    return obs['agent_pos'][0] == 3 and start['agent_pos'][0] == 1\n")
     envs = gym.vector.SyncVectorEnv([make_env])
     _, infos = envs.reset(seed=0)
     hook = RewardHook(program, envs, deadline_s=0.5)
+    xs = iter([2, 7, 1, 1, 1, 3, 1, 1])  # the first sub-task on step 1, the hang on step 2, the second on step 6
+    hook.adapters[0].reset = lambda: {"agent_pos": (1, 1)}
+    hook.adapters[0].step = lambda: {"agent_pos": (next(xs), 1)}
     hook.reset(infos)
-    # step t's view is sent when t - 1 steps are booked: x = 7 on step 2 (hangs), x = 2 on step 4 (completes)
-    hook.adapters[0].step = lambda: {"agent_pos": ({1: 7, 3: 2}.get(hook.global_step, 1), 1)}
     paid = []
-    for t in range(4):
+    for t in range(8):
         _, reward, term, trunc, infos = envs.step(np.array([0]))
-        out = hook.submit(reward, term, trunc, infos)
-        if out is not None:
-            paid.append(float(out[0]))
-    paid.append(float(hook.flush()[0]))
-    assert hook.worker_restarts == 1 and hook.check_failures == 1 and hook.disabled is None
-    assert paid == [0.0, 0.0, 0.0, 1.0]
+        hook.submit(reward, term, trunc, infos)
+        if t in (3, 7):
+            paid += [float(r[0]) for r in hook.flush()]
+    assert hook.worker_restarts == 1 and hook.check_failures == 3 and hook.disabled is None
+    assert paid == [1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0]
+    assert hook.next_subtask[0] == 2
     hook.close()
 
 
-def test_reset_drops_a_submitted_step_and_worker_misuse_is_an_error():
+def test_reset_drops_submitted_steps_and_misuse_is_an_error():
     program = keycorridor_program()
     envs = gym.vector.SyncVectorEnv([make_env])
     _, infos = envs.reset(seed=0)
     hook = RewardHook(program, envs)
     hook.reset(infos)
-    _, reward, term, trunc, infos = envs.step(np.array([1]))
-    assert hook.submit(reward, term, trunc, infos) is None
+    for a in SCRIPT[:2]:
+        _, reward, term, trunc, infos = envs.step(np.array([a]))
+        assert hook.submit(reward, term, trunc, infos) is None
+    with pytest.raises(UsageError, match="flush"):
+        hook.step(reward, term, trunc, infos)
     _, infos = envs.reset(seed=0)
-    hook.reset(infos)  # the answer in flight is read and dropped: the next submit starts clean
-    assert hook.flush() is None
+    hook.reset(infos)  # the answers in flight are read and dropped: the next submit starts clean
+    assert hook.flush() is None and hook.runner.in_flight == 0
     for a in SCRIPT[:4]:
         _, reward, term, trunc, infos = envs.step(np.array([a]))
         hook.submit(reward, term, trunc, infos)
-    assert hook.flush()[0] == pytest.approx(1.0) and hook.next_subtask[0] == 1  # the key at step 4
+    assert hook.flush()[:, 0].tolist() == [0.0, 0.0, 0.0, 1.0] and hook.next_subtask[0] == 1  # the key at step 4
     worker = hook.runner.worker
     with pytest.raises(RuntimeError, match="no step request in flight"):
         worker.recv_step()
-    worker.send_step([(0, 1, {"grid": np.zeros((3, 3, 3), np.uint8)}, None)], 1, False, 5.0)
-    with pytest.raises(RuntimeError, match="has not been read"):
-        worker.send_step([(0, 1, {"grid": np.zeros((3, 3, 3), np.uint8)}, None)], 1, False, 5.0)
     hook.close()
 
 
+def test_worker_answers_queued_requests_in_order_and_rejects_answers_that_go_backwards():
+    program = load_program("SUBTASKS = ['x']\ndef subtask_1(obs, start):\n    return obs['x'] > 0\n")
+    worker = ProgramWorker(program)
+    worker.send_step([(0, -1, {"x": 0}, None)], 1, False, 5.0)
+    worker.send_step([(0, None, {"x": 1}, None)], 1, False, 5.0)
+    worker.send_step([(0, None, {"x": 0}, None)], 1, False, 5.0)  # a sub-task never un-completes
+    assert worker.pending == 3
+    assert [worker.recv_step()[1] for _ in range(3)] == [[0], [1], [1]]
+    worker.send_step([(0, -1, {"x": 0}, None)], 1, False, 5.0)  # a new episode: the worker answers 0 ...
+    worker._queue[0] = (1, [(0, None)], 5.0)  # ... where the learner expects at least the last answer, 1
+    with pytest.raises(WorkerError, match="out of range"):
+        worker.recv_step()
+    assert not worker.alive
+    worker.close()
+
+
 def test_an_answer_that_arrived_counts_even_when_read_after_its_deadline():
-    """The learner may come back to a pipelined answer late (a slow env step): what the worker already sent is
-    used, not declared a timeout."""
+    """The learner may come back to a queued answer late (a slow rollout): what the worker already sent is used,
+    not declared a timeout."""
     import time
 
     program = load_program("SUBTASKS = ['x']\ndef subtask_1(obs, start):\n    return obs['x'] > 0\n")
