@@ -26,7 +26,10 @@ and building the view.
 Writes a Markdown table to stdout and the rows as JSON to
 ``benchmarks/results/clip_vs_code_cost.json``.
 
-    python benchmarks/clip_vs_code_cost.py [--reps 10] [--program FILE] [--out PATH]
+    python benchmarks/clip_vs_code_cost.py [--reps 10] [--program FILE] [--clip-model DIR] [--out PATH]
+
+`--clip-model DIR` times that checkpoint instead of the random ViT-B/32 (for instance one `clip-train` made; its
+row names and the JSON say which), and writes ``benchmarks/results/clip_vs_code_cost_{DIR name}.json``.
 """
 
 from __future__ import annotations
@@ -127,7 +130,8 @@ def main(argv=None) -> int:
     ap.add_argument("--code-steps", type=int, default=300, help="random steps per env for the code-side views")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     ap.add_argument("--no-single-thread", action="store_true", help="skip the extra 1-thread CLIP measurement")
-    ap.add_argument("--out", default=str(HERE / "results" / "clip_vs_code_cost.json"))
+    ap.add_argument("--clip-model", default=None, help="time this CLIP checkpoint (hub id or folder) instead")
+    ap.add_argument("--out", default=None, help="JSON path (default: benchmarks/results/clip_vs_code_cost[_NAME].json)")
     args = ap.parse_args(argv)
 
     import gymnasium as gym
@@ -187,7 +191,11 @@ def main(argv=None) -> int:
     # ---- CLIP
     with tempfile.TemporaryDirectory(prefix="clip_vitb32_random_") as ckpt:
         t0 = time.perf_counter()
-        build_vitb32_checkpoint(ckpt)
+        if args.clip_model:
+            ckpt, clip_name = args.clip_model, f"CLIP {Path(args.clip_model).name}"
+        else:
+            build_vitb32_checkpoint(ckpt)
+            clip_name = "CLIP ViT-B/32"
         t_build = time.perf_counter() - t0
         t0 = time.perf_counter()
         with warnings.catch_warnings():
@@ -214,10 +222,10 @@ def main(argv=None) -> int:
                 reward(f[None])
                 single.append(time.perf_counter() - t0)
         tag = f"{nt} thread{'s' if nt > 1 else ''}"
-        clip_rows[(nt, "batched")] = row(f"CLIP ViT-B/32 reward, batched over envs ({tag})", "ms/frame",
+        clip_rows[(nt, "batched")] = row(f"{clip_name} reward, batched over envs ({tag})", "ms/frame",
                                          [s * ms for s in b_samples], args.n_envs,
                                          "end to end: pad + processor + image tower + softmax")
-        clip_rows[(nt, "single")] = row(f"CLIP ViT-B/32 reward, one frame at a time ({tag})", "ms/frame",
+        clip_rows[(nt, "single")] = row(f"{clip_name} reward, one frame at a time ({tag})", "ms/frame",
                                         [s * ms for s in single], 1, "")
     torch.set_num_threads(default_threads)
     pre_samples = [s / args.n_envs for s in timed(lambda: reward.preprocess(batches[0]), max(3, args.reps // 2))]
@@ -291,10 +299,12 @@ def main(argv=None) -> int:
     print(f"\nload average at start {load_start[0]:.2f}, at end {load_end[0]:.2f} on {os.cpu_count()} CPUs"
           + (": the machine was busy with other processes, CLIP timings (multi-threaded) are inflated; "
              "compare the min column or rerun on an idle machine" if busy else ""))
-    print(f"\n(random-weight checkpoint built in {t_build:.1f} s, loaded through ClipReward in {t_load:.1f} s; "
+    print(f"\n(checkpoint {'given' if args.clip_model else f'built in {t_build:.1f} s'}, loaded through ClipReward in "
+          f"{t_load:.1f} s; "
           f"image tower {n_params / 1e6:.1f} M params; total run {total:.0f} s)")
 
-    out = Path(args.out)
+    name = "" if not args.clip_model else "_" + Path(args.clip_model).name
+    out = Path(args.out or HERE / "results" / f"clip_vs_code_cost{name}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({
         "benchmark": "clip_vs_code_cost",
@@ -302,7 +312,8 @@ def main(argv=None) -> int:
         "n_envs": args.n_envs,
         "mission": mission,
         "frame_shape": list(map(int, fshape)),
-        "clip_config": "ViT-B/32 sizes, random weights, image 224, fp32, CPU",
+        "clip_config": (f"{args.clip_model} (as given), fp32, CPU" if args.clip_model
+                        else "ViT-B/32 sizes, random weights, image 224, fp32, CPU"),
         "clip_image_params_millions": round(n_params / 1e6, 2),
         "program": prog_name,
         "rows": rows,
