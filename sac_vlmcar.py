@@ -19,6 +19,7 @@ import tyro
 from torch.utils.tensorboard import SummaryWriter
 
 from cleanrl_vlmcar.errors import VLMCaRError  # VLM-CaR
+from cleanrl_vlmcar.families import import_env_modules  # VLM-CaR: imports the package that registers an env id
 from cleanrl_vlmcar.her import HindsightRelabeller, check_her  # VLM-CaR
 from cleanrl_vlmcar.rewards import make_reward_hook  # VLM-CaR
 
@@ -154,6 +155,8 @@ def make_env(env_id, seed, idx, capture_video, run_name, render=False):
             env = gym.make(env_id)
         if capture_video and idx == 0:
             env = gym.wrappers.RecordVideo(env, f"videos/{run_name}")
+        if not isinstance(env.action_space, gym.spaces.Box):
+            return env  # not for SAC: refused with a clear message once the vector env exists
         space = env.observation_space
         if isinstance(space, gym.spaces.Dict) and {"observation", "desired_goal"} <= set(space.spaces):
             env = GoalObservation(env)
@@ -295,6 +298,7 @@ if __name__ == "__main__":
 
     # env setup (before the run folder is made, so a bad env id or action space leaves nothing behind)
     render = args.view == "pixels" or args.reward == "clip"  # the reward reads rendered frames
+    import_env_modules(args.env_id)
     try:
         envs = gym.vector.SyncVectorEnv(
             [

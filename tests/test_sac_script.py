@@ -113,10 +113,13 @@ def test_unknown_env_id_fails_before_training(tmp_path):
     assert no_runs(tmp_path)
 
 
-def test_discrete_env_says_use_ppo(tmp_path):
-    r = run(["--env-id", "CartPole-v1", "--reward", "sparse", *TINY], tmp_path)
+@pytest.mark.parametrize("env_id", ["CartPole-v1", "MiniGrid-DoorKey-5x5-v0", "minigrid:MiniGrid-DoorKey-5x5-v0"])
+def test_discrete_env_says_use_ppo(tmp_path, env_id):
+    """Discrete envs, MiniGrid's too (its id resolves without a prefix; its Dict observation with a text mission is
+    not flattened first), get the same message and leave nothing behind."""
+    r = run(["--env-id", env_id, "--reward", "sparse", *TINY], tmp_path)
     assert r.returncode != 0
-    assert "continuous action space" in r.stderr and "use ppo_vlmcar.py" in r.stderr
+    assert "continuous action space" in r.stderr and "use ppo_vlmcar.py" in r.stderr and "Traceback" not in r.stderr
     assert no_runs(tmp_path)
 
 
