@@ -176,11 +176,11 @@ class ProgramRunner:
 
     def submit(self, items: list[tuple[int, int | None, Any]]) -> None:
         """Queue one vector step (see `step`); the worker checks it while the caller goes on."""
-        if any(k is not None and k != -1 for _, k, _ in items):
-            raise ValueError("ProgramRunner.submit: k is -1 (a new episode) or None")
         resets = []
         for i, k, view in items:
             if k is not None:  # -1: a new episode begins with this view
+                if k != -1:
+                    raise ValueError("ProgramRunner.submit: k is -1 (a new episode) or None")
                 resets.append(i)
                 self.starts[i] = view
         entry = [False, len(items), resets]

@@ -25,6 +25,7 @@ import re
 import traceback
 import unicodedata
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Any, Callable, Iterable
 
 import numpy as np
@@ -545,9 +546,13 @@ def pack_columns(views: list) -> tuple | None:
                 if type(x) is not np.ndarray or x.shape != shape or x.dtype != dtype:
                     return None
             columns[key] = PackedArray(dtype.str, (len(values),) + shape, b"".join([x.tobytes() for x in values]))
-        else:  # plain values and tuples of them as they are (the common case, checked fast), the rest packed
-            columns[key] = [v if plain(type(v)) or (type(v) is tuple and all(map(plain, map(type, v)))) else pack(v)
-                            for v in values]
+        else:  # plain values and tuples of them as they are (the common case, checked in bulk), the rest packed
+            kinds = set(map(type, values))
+            if kinds <= _PLAIN or kinds == {tuple} and set(map(type, chain.from_iterable(values))) <= _PLAIN:
+                columns[key] = values
+            else:
+                columns[key] = [v if plain(type(v)) or (type(v) is tuple and all(map(plain, map(type, v))))
+                                else pack(v) for v in values]
     return keys, columns
 
 
