@@ -36,20 +36,17 @@ class Setup:
     """One vector env (+ hook) that runs rollouts of random actions; `batch_scheduling` is the worker's."""
 
     def __init__(self, env_id, num_envs, program, view, queued, seed, batch_scheduling=False):
-        from cleanrl_vlmcar import confine
-
         self.envs = gym.vector.SyncVectorEnv([lambda: gym.make(env_id) for _ in range(num_envs)])
         self.rng = np.random.default_rng(seed)
         self.num_envs, self.queued = num_envs, queued
         _, infos = self.envs.reset(seed=seed)
         self.hook = None
         if program is not None:
-            defaults = confine.ProgramWorker.__init__.__kwdefaults__
-            default, defaults["batch_scheduling"] = defaults["batch_scheduling"], batch_scheduling
-            try:
-                self.hook = RewardHook(program, self.envs, view=view)
-            finally:
-                defaults["batch_scheduling"] = default
+            self.hook = RewardHook(program, self.envs, view=view)
+            if batch_scheduling:  # a new worker under SCHED_BATCH, before the hook's first request
+                worker = self.hook.runner.worker
+                worker.batch_scheduling = True
+                worker.start()
             self.hook.reset(infos)
 
     def rollout(self, steps: int) -> float:

@@ -24,6 +24,7 @@ import math
 import os
 import pickle
 import resource
+import select
 import signal
 import struct
 import sys
@@ -33,8 +34,8 @@ import types
 
 import numpy as np
 
-from .program import (SAFE_BUILTINS, PackedArray, advance, check_source, completion_steps, pack, progress_value,
-                      restricted_import, sanitize, short_traceback)
+from .program import (_PLAIN, SAFE_BUILTINS, PackedArray, advance, check_source, completion_steps, pack,
+                      progress_value, restricted_import, sanitize, short_traceback)
 
 MAX_TEXT = 2000  # longest traceback or message a reply carries
 
@@ -53,8 +54,6 @@ def _wait() -> None:
     passed. The worker never sleeps on the request pipe itself: on a virtual machine every wake-up costs the process
     that caused it tens of microseconds when idle and up to milliseconds when the cores are busy, and the training
     hook sends one request per vector step. Polling every DRAIN_S keeps up with the rollout at ~100 wake-ups/s."""
-    import select
-
     if _doorbell < 0:
         select.select([0], [], [])
         return
@@ -78,19 +77,24 @@ def _fill() -> None:
         _inbox.extend(chunk)
 
 
+def _complete() -> int | None:
+    """The length of the request at the front of the inbox when all of it has arrived, else None."""
+    if len(_inbox) < 4:
+        return None
+    (length,) = struct.unpack_from("<I", _inbox)
+    return length if len(_inbox) >= 4 + length else None
+
+
 def _next_message():
-    """The next request, in order."""
-    while True:
-        if len(_inbox) >= 4:
-            (length,) = struct.unpack_from("<I", _inbox)
-            if len(_inbox) >= 4 + length:
-                raw = bytes(_inbox[4:4 + length])
-                del _inbox[:4 + length]
-                return pickle.loads(raw)  # from the trusted parent
+    """The next request, in order: what has arrived first, then what the pipe holds, then wait for more."""
+    while (length := _complete()) is None:
         _fill()
-        if len(_inbox) < 4 or len(_inbox) < 4 + struct.unpack_from("<I", _inbox)[0]:
+        if _complete() is None:
             _wait()
             _fill()
+    raw = bytes(_inbox[4:4 + length])
+    del _inbox[:4 + length]
+    return pickle.loads(raw)  # from the trusted parent
 
 
 def _write(payload: bytes) -> None:
@@ -240,7 +244,6 @@ def confine(memory_mb: int, cpu_s: int, skip: set[str]) -> dict:
 # The program
 # ----------------------------------------------------------------------------------------------------------
 _SCALARS = (int, float, str, bool, type(None), np.generic)
-_PLAIN = frozenset({int, float, str, bool, type(None)})
 
 
 def freeze(value):

@@ -133,10 +133,9 @@ class ProgramWorker:
     """A confined process running one reward program. Use as a context manager, or call `close()`.
 
     `memory_mb` and `cpu_s` are the worker's rlimits. With `batch_scheduling` the worker runs under Linux's
-    SCHED_BATCH policy: a request wakes it without preempting the learner that sent it. Measured on a busy 2-core
-    machine (benchmarks/hook_under_load.py) it helped beside other trainings (-20% against +16% per vector step)
-    and hurt badly beside busy loops (+108% against +19%: the worker waits for a time slice, the learner for the
-    worker), so it is off by default.
+    SCHED_BATCH policy, whose wake-ups do not preempt the process running. Measured on a busy 2-core machine
+    (benchmarks/hook_under_load.py, docs/reward-hook.md#cost) it won in some runs and lost in others, so it is off
+    by default.
 
     Requests are not waited on one by one: `send_step` queues a vector step's views and returns (several may be
     queued, as in a rollout); the worker takes its requests in when the caller waits for a reply or every
@@ -315,16 +314,12 @@ class ProgramWorker:
         except (BlockingIOError, OSError):  # already rung (the pipe is full), or the worker has gone
             pass
 
-    def _take_in(self) -> bool:
-        """Read what the worker has written (non-blocking); False at end of file."""
+    def _take_in(self) -> None:
+        """Keep what the worker has written (non-blocking; a dead worker shows in the next write or read)."""
         try:
-            chunk = os.read(self._r, 1 << 20)
-        except BlockingIOError:
-            return True
-        except OSError:
-            chunk = b""
-        self._buf += chunk
-        return bool(chunk)
+            self._buf += os.read(self._r, 1 << 20)
+        except OSError:  # BlockingIOError included: nothing there yet
+            pass
 
     def _read(self, n: int, deadline: float) -> bytes:
         buf = self._buf
@@ -389,18 +384,16 @@ class ProgramWorker:
         and, later, `recv_step`'s wait for this step's answer."""
         if self.proc is None:
             raise self._fail("crash", "the program worker is not running")
-        index, views, starts = [], [], False
-        for item in items:
-            index.append((item[0], item[1]))
-            views.append(item[2])
-            starts = starts or len(item) > 3 and item[3] is not None
-        columns = None if starts else pack_columns(views)
+        index = [(item[0], item[1]) for item in items]
+        views = [item[2] for item in items]
+        starts = [item[3] if len(item) > 3 else None for item in items]
+        columns = pack_columns(views) if all(s is None for s in starts) else None
         if columns is not None:  # one column per view key: the cheap form of the usual step
             message = {"op": "step", "index": index, "columns": columns, "n": n, "progress": bool(progress)}
         else:
             message = {"op": "step", "n": n, "progress": bool(progress),
-                       "items": [(i, k, pack(view), pack(item[3]) if len(item) > 3 and item[3] is not None else None)
-                                 for (i, k), view, item in zip(index, views, items)]}
+                       "items": [(i, k, pack(view), None if start is None else pack(start))
+                                 for (i, k), view, start in zip(index, views, starts)]}
         self._send(message, time.monotonic() + timeout_s)
         self._queue.append((n, index, timeout_s))
         self._rung = False

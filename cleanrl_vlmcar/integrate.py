@@ -226,9 +226,7 @@ class ProgramRunner:
         try:
             failures, new_k, progress = self.worker.recv_step()
         except WorkerError as e:
-            self._queue.appendleft([True, n, []])  # counted with the steps still queued
-            self._failed(e)
-            self._queue.popleft()
+            self._failed(e, lost=n)
             return None
         self._failed_in_a_row = 0
         self._answered_k = new_k
@@ -243,8 +241,10 @@ class ProgramRunner:
             self._disable(f"its checks failed {self.check_failures} times in {self.checked} env steps")
         return new_k, progress
 
-    def _failed(self, error: WorkerError) -> None:
-        """The worker failed: every queued step it had not answered is lost (its checks count as failures)."""
+    def _failed(self, error: WorkerError, lost: int = 0) -> None:
+        """The worker failed: the step being collected (`lost` checks) and every queued step it had not answered
+        are lost (their checks count as failures)."""
+        self.check_failures += lost
         for entry in self._queue:
             if entry[0]:
                 self.check_failures += entry[1]
@@ -591,8 +591,11 @@ class RewardHook:
             return None
         out = []
         for s in pending:
-            out.append(s if isinstance(s, np.ndarray) else self._book(s))
-            self.flushed_episodes += self.episodes
+            if isinstance(s, np.ndarray):  # booked by `submit` (no terms): its episodes are already counted
+                out.append(s)
+            else:
+                out.append(self._book(s))
+                self.flushed_episodes += self.episodes
         return np.stack(out)
 
     def _send(self, reward, terminations, truncations, infos, obs, extra) -> VectorStep:

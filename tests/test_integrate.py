@@ -421,6 +421,22 @@ def test_queued_submit_pays_exactly_what_step_pays(with_program):
         assert sync_r[:len(SCRIPT), 0].sum() > 1.4  # three bonuses of 0.5 plus the env's reward were paid
 
 
+@pytest.mark.parametrize("with_program", [True, False])
+def test_flush_lists_each_episode_once_when_one_ends_on_the_last_step(with_program):
+    """An episode that ends on the last step before `flush` is in `flushed_episodes` once, with or without terms."""
+    envs = gym.vector.SyncVectorEnv([lambda: gym.make(ENV_ID, max_steps=4)])
+    _, infos = envs.reset(seed=0)
+    hook = RewardHook(keycorridor_program() if with_program else None, envs)
+    hook.reset(infos)
+    for _ in range(4):  # four turns: the episode is truncated on the fourth step
+        _, reward, term, trunc, infos = envs.step(np.array([0]))
+        hook.submit(reward, term, trunc, infos)
+    assert hook.flush().shape == (4, 1)
+    assert [(e.env_index, e.length) for e in hook.flushed_episodes] == [(0, 4)]
+    hook.close()
+    envs.close()
+
+
 def test_queued_hook_counts_a_hanging_step_and_goes_on():
     """A program that hangs on one view while later steps are queued behind it: at flush its answer misses the
     deadline, the worker restarts, the checks of every step it had not answered count as failures, and the next

@@ -21,6 +21,12 @@ _AGENT_CELLS = [np.array((_AGENT, _RED, d), dtype=np.uint8) for d in range(4)]  
 _GRID_CHANGING_STEP = {"DynamicObstaclesEnv"}
 
 
+def _incremental(env) -> bool:
+    """Whether only the cell in front of the agent (and the agent itself) can change on a step of `env`."""
+    cls = type(env)
+    return cls.__module__.startswith("minigrid.") and cls.__name__ not in _GRID_CHANGING_STEP
+
+
 def _constants() -> dict:
     return {
         "OBJECT_TO_IDX": dict(OBJECT_TO_IDX),
@@ -43,8 +49,7 @@ class MiniGridStateView(ViewAdapter):
 
     def __init__(self, env):
         super().__init__(env)
-        cls = type(self.unwrapped)
-        self.incremental = cls.__module__.startswith("minigrid.") and cls.__name__ not in _GRID_CHANGING_STEP
+        self.incremental = _incremental(self.unwrapped)
         self._base: np.ndarray | None = None
 
     def _view(self) -> dict:
@@ -88,8 +93,7 @@ class MiniGridPixelsView(ViewAdapter):
 
     def __init__(self, env):
         super().__init__(env)
-        cls = type(self.unwrapped)
-        self.incremental = cls.__module__.startswith("minigrid.") and cls.__name__ not in _GRID_CHANGING_STEP
+        self.incremental = _incremental(self.unwrapped)
         self._frame: np.ndarray | None = None
         self._agent = (0, 0)
 
