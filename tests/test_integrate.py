@@ -369,6 +369,8 @@ def test_runner_answers_queued_steps_in_order_as_if_waited_for_one_by_one():
             assert runner.in_flight == len(xs)
             got += [list(runner.collect()[0]) for _ in xs]
         assert runner.in_flight == 0 and runner.check_failures == 0
+        with pytest.raises(ValueError, match="-1 .a new episode. or None"):  # the worker keeps k, not the caller
+            runner.submit([(0, 1, {"x": 0})])
         runner.close()
         answers.append(got)
     assert answers[0] == answers[1] == [[0, 0], [0, 1], [1, 2], [1, 2], [2, 0], [2, 0], [2, 2]]
