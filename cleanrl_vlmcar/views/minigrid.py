@@ -52,11 +52,9 @@ class MiniGridStateView(ViewAdapter):
         self.incremental = _incremental(self.unwrapped)
         self._base: np.ndarray | None = None
 
-    def _view(self) -> dict:
-        env = self.unwrapped
+    def _view(self, env, x, y, d) -> dict:
+        """The view: a copy of the base with the agent's cell (the base stays without it, for the next step)."""
         grid = self._base.copy()
-        x, y = env.agent_pos
-        d = env.agent_dir
         grid[x, y] = _AGENT_CELLS[d]
         c = env.carrying
         return {"grid": grid, "agent_pos": (int(x), int(y)), "agent_dir": int(d),
@@ -64,20 +62,23 @@ class MiniGridStateView(ViewAdapter):
                 "mission": env.mission}
 
     def reset(self, obs=None, info=None) -> dict:
-        self._base = self.unwrapped.grid.encode()
-        return self._view()
+        env = self.unwrapped
+        self._base = env.grid.encode()
+        return self._view(env, *env.agent_pos, env.agent_dir)
 
     def step(self, obs=None, info=None) -> dict:
         env = self.unwrapped
+        x, y = env.agent_pos
+        d = env.agent_dir
         if not self.incremental:
             self._base = env.grid.encode()
-            return self._view()
-        dx, dy = _DIRS[env.agent_dir]
-        fx, fy = env.agent_pos[0] + dx, env.agent_pos[1] + dy
-        if 0 <= fx < env.width and 0 <= fy < env.height:
-            cell = env.grid.grid[fy * env.width + fx]
+            return self._view(env, x, y, d)
+        dx, dy = _DIRS[d]
+        fx, fy, width = x + dx, y + dy, env.width
+        if 0 <= fx < width and 0 <= fy < env.height:
+            cell = env.grid.grid[fy * width + fx]
             self._base[fx, fy] = _EMPTY if cell is None else cell.encode()
-        return self._view()
+        return self._view(env, x, y, d)
 
 
 class MiniGridPixelsView(ViewAdapter):
