@@ -308,6 +308,11 @@ class ProgramWorker:
             if readable:  # take its replies in meanwhile, or a worker blocked on a full reply pipe never reads
                 self._take_in()
 
+    def _no_steps_in_flight(self) -> None:
+        """Replies come in request order: a request waited for now would read a queued step's answer."""
+        if self._queue:
+            raise RuntimeError(f"{len(self._queue)} step request(s) in flight: read their answers (recv_step) first")
+
     def _ring(self) -> None:
         try:
             self._bell.write(b"\0")
@@ -361,6 +366,7 @@ class ProgramWorker:
     def walk(self, views: list, progress: bool = False, timeout_s: float = 60.0) -> WalkResult:
         """Walk one recorded episode (`views[0]` the reset view) with the hook's in-order rule, verification's
         accounting: exceptions surface (counted, first tracebacks kept) instead of being silently False."""
+        self._no_steps_in_flight()
         deadline = time.monotonic() + timeout_s
         self._send({"op": "walk", "views": [pack(v) for v in views], "progress": bool(progress)}, deadline)
         reply = self._recv_json(deadline)
@@ -438,6 +444,7 @@ class ProgramWorker:
         (None, sanitised error). A subtask's value is a bool; a progress value a float in [0, 1] or None."""
         if kind not in ("subtask", "progress") or not 0 <= k < self.program.num_subtasks:
             raise ValueError(f"no {kind}_{k + 1} in this program")
+        self._no_steps_in_flight()
         deadline = time.monotonic() + timeout_s
         self._send({"op": "call", "kind": kind, "k": int(k), "obs": pack(obs), "start": pack(start)}, deadline)
         reply = self._recv_json(deadline)
@@ -453,6 +460,7 @@ class ProgramWorker:
 
     def first_error(self, timeout_s: float = 5.0) -> str:
         """The sanitised traceback of the first check that failed in the hook's steps ("" when none has)."""
+        self._no_steps_in_flight()
         deadline = time.monotonic() + timeout_s
         self._send({"op": "first_error"}, deadline)
         reply = self._recv_json(deadline)

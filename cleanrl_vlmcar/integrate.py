@@ -165,6 +165,7 @@ class ProgramRunner:
         self._resync = False  # the worker was restarted: the next step sent gives it every env's k and start
         self.disabled: str | None = None
         self.first_error = ""  # the worker's traceback of the first failed check (sanitised)
+        self._error_wanted = False  # a check failed: read its traceback once no step is in flight
 
     def step(self, items: list[tuple[int, int | None, Any]]) -> tuple[list[int], list[float]] | None:
         """`items`: (env index, -1 when a new episode begins with this view or None, view). Returns the new next
@@ -230,7 +231,9 @@ class ProgramRunner:
             return None
         self._failed_in_a_row = 0
         self._answered_k = new_k
-        if failures and not self.first_error:
+        self._error_wanted = self._error_wanted or (failures > 0 and not self.first_error)
+        if self._error_wanted and not self.worker.pending:  # asked between steps: the worker answers in order
+            self._error_wanted = False
             try:
                 self.first_error = self.worker.first_error(self.deadline_s) or "(no traceback)"
             except WorkerError as e:
@@ -412,7 +415,7 @@ class ProgramTerm(RewardTerm):
 
     def after_step(self, hook: "RewardHook") -> None:
         runner = self.runner
-        if runner.check_failures > self._warned:
+        if runner.check_failures > self._warned and runner.first_error:  # the traceback comes between steps
             total = runner.check_failures
             if self._warned < 10 or total // 1000 > self._warned // 1000:
                 log.warning("reward program checks failed %d time(s) so far (each counted as False); the first:\n%s",

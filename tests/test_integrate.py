@@ -469,6 +469,38 @@ def test_queued_hook_counts_a_hanging_step_and_goes_on():
     hook.close()
 
 
+def test_queued_hook_reads_a_raising_checks_traceback_without_a_restart():
+    """A check that raises while later steps are queued counts as one failure per raising call, as with `step`:
+    the traceback is read once no step is in flight (replies come in order), not in the middle of the queue,
+    where it would read the next step's answer as the traceback and restart the worker."""
+    program = load_program("SUBTASKS = ['never']\n"
+                           "def subtask_1(obs, start):\n"
+                           "    if obs['agent_dir'] == 2:\n"
+                           "        raise ValueError('facing left')\n"
+                           "    return False\n")
+    actions = np.random.default_rng(0).integers(0, 3, size=(64, 3))
+    counts = []
+    for queued in (False, True):
+        envs = gym.vector.SyncVectorEnv([make_env] * 3)
+        _, infos = envs.reset(seed=[0, 1, 2])
+        hook = RewardHook(program, envs)
+        hook.reset(infos)
+        _rollout(hook, envs, actions, queued, rollout=32)
+        assert hook.worker_restarts == 0 and hook.disabled is None
+        assert "ValueError: facing left" in hook.runner.first_error
+        counts.append(hook.check_failures)
+        hook.close()
+        envs.close()
+    assert counts[0] == counts[1] > 0
+    worker = ProgramWorker(program)
+    worker.send_step([(0, -1, {"agent_dir": 0}, None)], 1, False, 5.0)
+    with pytest.raises(RuntimeError, match="in flight"):  # a request waited for would read the step's answer
+        worker.call("subtask", 0, {"agent_dir": 0}, {"agent_dir": 0})
+    assert worker.recv_step()[1] == [0]
+    assert worker.call("subtask", 0, {"agent_dir": 2}, {"agent_dir": 0})[1].endswith("ValueError: facing left")
+    worker.close()
+
+
 def test_reset_drops_submitted_steps_and_misuse_is_an_error():
     program = keycorridor_program()
     envs = gym.vector.SyncVectorEnv([make_env])
