@@ -31,6 +31,7 @@ import sys
 import time
 import traceback
 import types
+from itertools import islice
 
 import numpy as np
 
@@ -412,30 +413,32 @@ def _unpack_columns(msg: dict):
         yield i, k, proxy(dict(zip(keys, values))), None
 
 
-def _step(program: Loaded, starts: dict, ks: dict, msg: dict) -> bytes:
-    """One vector step: for each env (index, k, view, start view or None). k is -1 when a new episode begins with
-    this view, None to go on from the next sub-task this worker's last answer gave the env, or the next sub-task
-    itself (after a restart, with the episode's start view)."""
-    n, K, with_progress = msg["n"], program.k, msg["progress"]
-    new_k = [0] * n
-    progress = [0.0] * n
-    program.failures = 0
+def _steps(program: Loaded, starts: dict, ks: dict, msg: dict) -> None:
+    """Vector steps, in order (`msg["steps"]`: the number of envs of each): for each env (index, k, view, start view
+    or None). k is -1 when a new episode begins with this view, None to go on from the next sub-task this worker's
+    last answer gave the env, or the next sub-task itself (after a restart, with the episode's start view). Each
+    step's answer, a fixed-size record, is written as soon as it is known (a later step may hang)."""
+    K, with_progress = program.k, msg["progress"]
     items = ((i, k, freeze(view), start) for i, k, view, start in msg["items"]) if "items" in msg \
         else _unpack_columns(msg)  # frozen as they are unpacked
-    for i, k, view, start in items:
-        if start is not None:
-            starts[i] = freeze(start)
-        if k is None:
-            k = ks[i]
-        if k < 0:  # a new episode begins with this view
-            starts[i] = view
-            k = 0
-        else:
-            k = advance(program.check, k, K, view, starts[i])
-        new_k[i] = ks[i] = k
-        if with_progress and k < K:
-            progress[i] = program.progress_or_zero(k, view, starts[i])
-    return struct.pack(f"<i{n}i{n}d", program.failures, *new_k, *progress)
+    for n in msg["steps"]:
+        new_k = [0] * n
+        progress = [0.0] * n
+        program.failures = 0
+        for i, k, view, start in islice(items, n):
+            if start is not None:
+                starts[i] = freeze(start)
+            if k is None:
+                k = ks[i]
+            if k < 0:  # a new episode begins with this view
+                starts[i] = view
+                k = 0
+            else:
+                k = advance(program.check, k, K, view, starts[i])
+            new_k[i] = ks[i] = k
+            if with_progress and k < K:
+                progress[i] = program.progress_or_zero(k, view, starts[i])
+        _write(struct.pack(f"<i{n}i{n}d", program.failures, *new_k, *progress))
 
 
 def _call(program: Loaded, msg: dict) -> dict:
@@ -469,7 +472,7 @@ def serve() -> None:
         elif op == "walk":
             _reply_json(_walk(program, msg["views"], msg["progress"]))
         elif op == "step":
-            _write(_step(program, starts, ks, msg))
+            _steps(program, starts, ks, msg)
         elif op == "call":
             _reply_json(_call(program, msg))
         elif op == "first_error":

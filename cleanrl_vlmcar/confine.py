@@ -145,6 +145,9 @@ class ProgramWorker:
     for tests: confinement steps to leave out ("landlock", "seccomp").
     """
 
+    #: usual vector steps gathered into one request by `send_step`
+    BATCH_STEPS = 8
+
     def __init__(self, program: RewardProgram, *, memory_mb: int = DEFAULT_MEMORY_MB, cpu_s: int = DEFAULT_CPU_S,
                  require_confinement: bool = False, skip: tuple[str, ...] = (), load_timeout_s: float = LOAD_TIMEOUT_S,
                  batch_scheduling: bool = False):
@@ -245,6 +248,7 @@ class ProgramWorker:
 
     def kill(self) -> None:
         self._queue = deque()
+        self._gathered = []  # steps `send_step` gathered and did not send yet
         if self.proc is not None:
             if self._finalizer is not None:
                 self._finalizer.detach()
@@ -387,22 +391,44 @@ class ProgramWorker:
         `items`: (env index, k, view[, start view to (re)register or None]), where k is -1 when a new episode begins
         with this view, None to go on from the next sub-task the worker's previous answer gave the env, or that
         next sub-task itself (with the start view, after a restart). `timeout_s` bounds the write (a full pipe)
-        and, later, `recv_step`'s wait for this step's answer."""
+        and, later, `recv_step`'s wait for this step's answer.
+
+        Up to BATCH_STEPS usual steps (no start views) go out as one request, packed and pickled together (it costs
+        the learner less per step; the worker looks at its requests only every `_worker.DRAIN_S` anyway); a step
+        with start views goes out on its own, after the steps before it; `recv_step` sends what is gathered."""
         if self.proc is None:
             raise self._fail("crash", "the program worker is not running")
         index = [(item[0], item[1]) for item in items]
-        views = [item[2] for item in items]
-        starts = [item[3] if len(item) > 3 else None for item in items]
-        columns = pack_columns(views) if all(s is None for s in starts) else None
-        if columns is not None:  # one column per view key: the cheap form of the usual step
-            message = {"op": "step", "index": index, "columns": columns, "n": n, "progress": bool(progress)}
-        else:
-            message = {"op": "step", "n": n, "progress": bool(progress),
-                       "items": [(i, k, pack(view), None if start is None else pack(start))
-                                 for (i, k), view, start in zip(index, views, starts)]}
-        self._send(message, time.monotonic() + timeout_s)
         self._queue.append((n, index, timeout_s))
         self._rung = False
+        progress = bool(progress)
+        if any(len(item) > 3 and item[3] is not None for item in items):  # a resync: each view packed as it is
+            self._send_gathered()
+            self._send({"op": "step", "steps": [n], "progress": progress,
+                        "items": [(i, k, pack(view), None if len(rest) == 0 or rest[0] is None else pack(rest[0]))
+                                  for i, k, view, *rest in items]}, time.monotonic() + timeout_s)
+            return
+        if self._gathered and progress != self._gathered_progress:
+            self._send_gathered()
+        self._gathered.append((n, index, [item[2] for item in items], timeout_s))
+        self._gathered_progress = progress
+        if len(self._gathered) >= self.BATCH_STEPS:
+            self._send_gathered()
+
+    def _send_gathered(self) -> None:
+        """Send the steps `send_step` gathered, as one request."""
+        gathered, self._gathered = self._gathered, []
+        if not gathered:
+            return
+        views = [view for _, _, step_views, _ in gathered for view in step_views]
+        index = [pair for _, step_index, _, _ in gathered for pair in step_index]
+        message = {"op": "step", "steps": [n for n, _, _, _ in gathered], "progress": self._gathered_progress}
+        columns = pack_columns(views)
+        if columns is not None:  # one column per view key: the cheap form of the usual steps
+            message.update(index=index, columns=columns)
+        else:
+            message["items"] = [(i, k, pack(view), None) for (i, k), view in zip(index, views)]
+        self._send(message, time.monotonic() + gathered[-1][3])
 
     @property
     def pending(self) -> int:
@@ -416,6 +442,7 @@ class ProgramWorker:
         `timeout_s` from now to answer."""
         if not self._queue:
             raise RuntimeError("recv_step: no step request in flight (send_step)")
+        self._send_gathered()
         if not self._rung:  # the first answer of a batch: the worker checks the rest while the caller books this one
             self._ring()
             self._rung = True

@@ -346,21 +346,25 @@ def test_panda_pixels_doc_is_measured_and_still_true():
     assert "5 cm success radius is about" in doc and str(committed["colours"]["table"][0]) in doc
 
 
-def test_runner_answers_queued_steps_in_order_as_if_waited_for_one_by_one():
+@pytest.mark.parametrize("form", ["columns", "items"])
+def test_runner_answers_queued_steps_in_order_as_if_waited_for_one_by_one(form):
     """Steps submitted before earlier answers are read: the worker carries each env's next sub-task itself, so the
-    answers equal those of waiting for every step."""
+    answers equal those of waiting for every step. More steps than ProgramWorker.BATCH_STEPS, with views that go as
+    columns and views that do not fit columns (env 1's view has another key)."""
     from cleanrl_vlmcar.integrate import ProgramRunner
 
     program = load_program("SUBTASKS = ['a', 'b']\ndef subtask_1(obs, start):\n    return obs['x'] > 0\n"
                            "def subtask_2(obs, start):\n    return obs['x'] > 1\n")
-    xs = [(0, 1), (1, 2), (0, 0), (2, 1), (5, 0), (0, 3)]
-    resets = {3: 1}  # env 1 begins a new episode with step 3's view
+    xs = [(0, 1), (1, 2), (0, 0), (2, 1), (5, 0), (0, 3)] + [(0, 0), (1, 0), (0, 2)] * 2
+    resets = {3: 1, 8: 1}  # env 1 begins a new episode with step 3's view and with step 8's
+    assert len(xs) > ProgramWorker.BATCH_STEPS
+    view1 = (lambda x: {"x": x}) if form == "columns" else (lambda x: {"x": x, "other": (1, 2)})
     answers = []
     for queued in (False, True):
         runner = ProgramRunner(program, 2)
         got = [list(runner.step([(0, -1, {"x": 0}), (1, -1, {"x": 0})])[0])]
         for t, (x0, x1) in enumerate(xs):
-            items = [(0, None, {"x": x0}), (1, -1 if resets.get(t) == 1 else None, {"x": x1})]
+            items = [(0, None, {"x": x0}), (1, -1 if resets.get(t) == 1 else None, view1(x1))]
             if queued:
                 runner.submit(items)
             else:
@@ -373,7 +377,9 @@ def test_runner_answers_queued_steps_in_order_as_if_waited_for_one_by_one():
             runner.submit([(0, 1, {"x": 0})])
         runner.close()
         answers.append(got)
-    assert answers[0] == answers[1] == [[0, 0], [0, 1], [1, 2], [1, 2], [2, 0], [2, 0], [2, 2]]
+    assert answers[0] == answers[1]
+    assert answers[0][:7] == [[0, 0], [0, 1], [1, 2], [1, 2], [2, 0], [2, 0], [2, 2]]
+    assert answers[0][-4:] == [[2, 0], [2, 0], [2, 0], [2, 2]]  # a new episode at step 8, both sub-tasks at 11
 
 
 def _rollout(hook, envs, actions, queued, rollout=16):
