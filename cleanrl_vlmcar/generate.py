@@ -22,7 +22,7 @@ from .backends import (BACKEND_NAMES, Backend, BackendError, ManualAnswerNeeded,
                        make_backend)
 from .program import ProgramError, RewardProgram, extract_program, load_program
 from .trajectories import DEFAULT_CACHE, Trajectory, TrajectoryStore, collect, load_demos, make_env, rollout
-from .verify import (DEFAULT_N, EXPERT_THRESHOLD, MIN_AGREEMENT, RANDOM_MARGIN, RANDOM_THRESHOLD, VerifyReport,
+from .verify import (DEFAULT_N, EXPERT_THRESHOLD, RANDOM_THRESHOLD, VerifyReport,
                      VerifySettings, file_sha256, settings_from_args, verification_sets, verify_sets)
 from .views import ViewSpec, get_spec
 
@@ -117,13 +117,11 @@ class SynthesisResult:
 
 @dataclass
 class SynthesisConfig:
+    """How a program is synthesized: rounds, where trajectories and entries live, the worker's limits, and how each
+    candidate is verified (`verify`, the settings the cache entry records)."""
+
     rounds: int = DEFAULT_ROUNDS
-    n: int = DEFAULT_N
-    seed: int = 0
-    expert_threshold: float = EXPERT_THRESHOLD
-    random_threshold: float = RANDOM_THRESHOLD
-    expert_source: str = "expert"
-    demos: str | None = None
+    verify: VerifySettings = dataclasses.field(default_factory=VerifySettings)
     traj_cache: str | Path | None = None
     reward_cache: str | Path | None = None
     verify_timeout: float = 120.0
@@ -131,18 +129,12 @@ class SynthesisConfig:
     require_confinement: bool = False
     force: bool = False
     progress: bool = True
-    holdout: bool = True
-    margin: float = RANDOM_MARGIN
-    min_agreement: float = MIN_AGREEMENT
-    max_check_us: float | None = None
     view_doc: str | None = None  # the user's description of the view, added to its documentation in the prompt
 
     def verify_settings(self) -> VerifySettings:
-        return VerifySettings(n=self.n, seed=self.seed, expert_threshold=self.expert_threshold,
-                              random_threshold=self.random_threshold, expert_source=self.expert_source,
-                              demos=self.demos, demos_sha256=file_sha256(self.demos) if self.demos else None,
-                              holdout=self.holdout, margin=self.margin, min_agreement=self.min_agreement,
-                              max_check_us=self.max_check_us)
+        """`verify`, with the demonstration file's hash when the expert set comes from one."""
+        demos = self.verify.demos
+        return dataclasses.replace(self.verify, demos_sha256=file_sha256(demos) if demos else None)
 
 
 def _log(msg: str, progress: bool) -> None:
@@ -178,20 +170,20 @@ def synthesize(env_id: str, view: str, backend: Backend, config: SynthesisConfig
     constants = spec.constants()
     traj_root = Path(cfg.traj_cache) if cfg.traj_cache else DEFAULT_CACHE
     store = TrajectoryStore(traj_root / "trajectories")
-    _log(f"collecting {cfg.n} expert and {cfg.n} random trajectories for {env_id} ({view} view)", cfg.progress)
-    if cfg.expert_source == "demos":
-        if not cfg.demos:
+    _log(f"collecting {cfg.verify.n} expert and {cfg.verify.n} random trajectories for {env_id} ({view} view)", cfg.progress)
+    if cfg.verify.expert_source == "demos":
+        if not cfg.verify.demos:
             raise ValueError("--expert-source demos needs --demos FILE.npz")
-        demos = load_demos(cfg.demos, env_id, view, env)
-        expert = [t for t in demos if t.success][: cfg.n]
+        demos = load_demos(cfg.verify.demos, env_id, view, env)
+        expert = [t for t in demos if t.success][: cfg.verify.n]
         dropped = len(demos) - len([t for t in demos if t.success])
         if expert and not expert[0].frames:  # replayed demos carry no frames: render the first one for the prompt
             expert[0].frames = rollout(env, None, expert[0].seed, [view], stop_on_success=False,
                                        actions=expert[0].actions, frames=True).frames
     else:
-        expert, dropped = collect(env_id, view, "expert", cfg.n, cfg.seed, store, successful_only=True,
+        expert, dropped = collect(env_id, view, "expert", cfg.verify.n, cfg.verify.seed, store, successful_only=True,
                                   frames=True, progress=cfg.progress, env=env)
-    random, _ = collect(env_id, view, "random", cfg.n, cfg.seed + 10_000, store, progress=cfg.progress, env=env)
+    random, _ = collect(env_id, view, "random", cfg.verify.n, cfg.verify.seed + 10_000, store, progress=cfg.progress, env=env)
     if not expert:
         raise SynthesisError(f"no successful expert episode for {env_id}: cannot show a goal frame or verify")
 
@@ -199,12 +191,12 @@ def synthesize(env_id: str, view: str, backend: Backend, config: SynthesisConfig
     env.reset(seed=expert[0].seed)
     task, note = task_text(env)
     images = prompt_images(expert[0], view)
-    prompt1 = first_prompt(env_id, task, note, spec, images, cfg.n, cfg.expert_threshold, cfg.random_threshold)
+    prompt1 = first_prompt(env_id, task, note, spec, images, cfg.verify.n, cfg.verify.expert_threshold, cfg.verify.random_threshold)
     if first_prompt_text is not None:
         prompt1 = Prompt(text=first_prompt_text(task, note, spec.doc()), images=list(images), system=prompts.SYSTEM)
-    settings = {**backend.settings(), "rounds": cfg.rounds, "n": cfg.n, "seed": cfg.seed,
-                "expert_threshold": cfg.expert_threshold, "random_threshold": cfg.random_threshold,
-                "expert_source": cfg.expert_source}
+    settings = {**backend.settings(), "rounds": cfg.rounds, "n": cfg.verify.n, "seed": cfg.verify.seed,
+                "expert_threshold": cfg.verify.expert_threshold, "random_threshold": cfg.verify.random_threshold,
+                "expert_source": cfg.verify.expert_source}
     key = cache.content_key(env_id, view, prompt1.text, [image_to_png(img) for _, img in images], backend.name,
                             backend.model, settings)
     path = cache.entry_path(env_id, view, key, cfg.reward_cache)
@@ -242,8 +234,8 @@ def synthesize(env_id: str, view: str, backend: Backend, config: SynthesisConfig
             if report.false_positive is not None and "rgb" in expert[0].views[view][0]:
                 fp = next(t for t in random if t.seed == report.false_positive.seed)
                 wrong = fp.views[view][report.false_positive.step]["rgb"]
-            prompt = feedback_prompt(env_id, task, note, spec, images, program_text, report, stall, cfg.n,
-                                     cfg.expert_threshold, cfg.random_threshold, wrong)
+            prompt = feedback_prompt(env_id, task, note, spec, images, program_text, report, stall, cfg.verify.n,
+                                     cfg.verify.expert_threshold, cfg.verify.random_threshold, wrong)
         if r <= len(recorded) and recorded[r - 1].get("prompt") == prompt.text:
             answer = recorded[r - 1]["answer"]
             _log(f"round {r}/{cfg.rounds}: replaying the recorded answer", cfg.progress)
@@ -265,7 +257,7 @@ def synthesize(env_id: str, view: str, backend: Backend, config: SynthesisConfig
         except ProgramError as e:
             program_text = ""
             report = VerifyReport(env_id, view, False, ["the answer held no usable program"], error=str(e),
-                                  expert_threshold=cfg.expert_threshold, random_threshold=cfg.random_threshold)
+                                  expert_threshold=cfg.verify.expert_threshold, random_threshold=cfg.verify.random_threshold)
         else:
             _log(f"round {r}/{cfg.rounds}: verifying", cfg.progress)
             report = verify_sets(program_text, constants, env_id, view, vsettings, (expert, random, dropped),
@@ -357,10 +349,7 @@ def read_view_doc(path: str | None) -> str | None:
 def config_from_args(args) -> SynthesisConfig:
     """The synthesis settings of a CLI verb (synthesize, refine) from its flags."""
     vs, _ = settings_from_args(args)
-    return SynthesisConfig(rounds=args.rounds, n=vs.n, seed=vs.seed, expert_threshold=vs.expert_threshold,
-                           random_threshold=vs.random_threshold, expert_source=vs.expert_source, demos=vs.demos,
-                           holdout=vs.holdout, margin=vs.margin, min_agreement=vs.min_agreement,
-                           max_check_us=vs.max_check_us, traj_cache=args.cache_dir, reward_cache=args.reward_cache,
+    return SynthesisConfig(rounds=args.rounds, verify=vs, traj_cache=args.cache_dir, reward_cache=args.reward_cache,
                            verify_timeout=args.verify_timeout, memory_mb=args.memory_mb, force=args.force,
                            require_confinement=args.require_confinement, view_doc=read_view_doc(args.view_doc))
 

@@ -403,8 +403,8 @@ def cmd_refine(args) -> int:
     cfg = config_from_args(args)
 
     def text(task: str, note: str, view_doc: str) -> str:  # the view's documentation as synthesize builds it
-        return refine_prompt_text(args.env_id, task, note, view_doc, parent_program, summary, cfg.n,
-                                  cfg.expert_threshold, cfg.random_threshold)
+        return refine_prompt_text(args.env_id, task, note, view_doc, parent_program, summary, cfg.verify.n,
+                                  cfg.verify.expert_threshold, cfg.verify.random_threshold)
 
     record: dict[str, Any] = {"parent": parent, "refined_from_run": summary.to_record()}
     code, result = synthesize_for_cli(args.env_id, view, backend_from_args(args), cfg, first_prompt_text=text,

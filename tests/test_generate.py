@@ -20,6 +20,7 @@ from cleanrl_vlmcar.__main__ import main
 from cleanrl_vlmcar.backends import BackendError, ManualAnswerNeeded, ManualBackend, OpenAIBackend, make_backend
 from cleanrl_vlmcar.generate import SynthesisConfig, SynthesisError, reward_program, synthesize
 from cleanrl_vlmcar.program import RewardProgram, check_source
+from cleanrl_vlmcar.verify import VerifySettings
 from cleanrl_vlmcar.views import ViewError
 
 pytestmark = [pytest.mark.timeout(150), pytest.mark.usefixtures("isolated_caches")]
@@ -47,7 +48,9 @@ NO_BLOCK_ANSWER = "I would split the task into picking up the key, opening the d
 def cfg(traj_cache, tmp_path):
     def make(**kw):
         kw.setdefault("rounds", 3)
-        return SynthesisConfig(n=5, progress=False, traj_cache=traj_cache, reward_cache=tmp_path / "rc", **kw)
+        verify = {k: kw.pop(k) for k in list(kw) if k in VerifySettings.__dataclass_fields__}
+        return SynthesisConfig(verify=VerifySettings(**{"n": 5, **verify}), progress=False, traj_cache=traj_cache,
+                               reward_cache=tmp_path / "rc", **kw)
     return make
 
 
@@ -161,8 +164,8 @@ def test_manual_cli_two_rounds_then_cache_hit(tmp_path, traj_cache, capsys):
         def complete(self, prompt):
             raise AssertionError("called the backend on a cache hit")
 
-    result = synthesize(ENV, "state", NoCall(manual), SynthesisConfig(n=5, progress=False, traj_cache=traj_cache,
-                                                                      reward_cache=rc))
+    result = synthesize(ENV, "state", NoCall(manual), SynthesisConfig(verify=VerifySettings(n=5), progress=False,
+                                                                      traj_cache=traj_cache, reward_cache=rc))
     assert result.from_cache and result.passed and result.path == path and result.program == GOOD
     assert result.report is not None and result.report.passed
 
@@ -298,7 +301,8 @@ def test_hf_tiny_model_garbage_is_no_crash(tiny_vlm_dir, cfg, traj_cache, tmp_pa
     with pytest.raises(SynthesisError) as ei:
         reward_program(ENV, "state", vlm="hf", model=str(tiny_vlm_dir), max_tokens=16, temperature=0.0,
                        device="cpu", reward_cache=tmp_path / "rc2",
-                       synthesis=SynthesisConfig(rounds=2, n=5, progress=False, traj_cache=traj_cache))
+                       synthesis=SynthesisConfig(rounds=2, verify=VerifySettings(n=5), progress=False,
+                                                 traj_cache=traj_cache))
     msg = str(ei.value)
     assert "after 2 round(s)" in msg and str(tmp_path / "rc2") in msg and "no usable program" in msg
 
@@ -489,8 +493,8 @@ def test_unsupported_env_or_view_fails_before_any_work(tmp_path, traj_cache):
 
     fresh = tmp_path / "traj"
     with pytest.raises(ViewError, match="no 'depth' view") as ei:
-        synthesize(ENV, "depth", Exploding([]), SynthesisConfig(n=5, progress=False, traj_cache=fresh,
-                                                                reward_cache=rc))
+        synthesize(ENV, "depth", Exploding([]), SynthesisConfig(verify=VerifySettings(n=5), progress=False,
+                                                                traj_cache=fresh, reward_cache=rc))
     assert "state" in str(ei.value) and "pixels" in str(ei.value)
     assert not fresh.exists() and not rc.exists()  # no trajectory collected, nothing cached
 
