@@ -3,13 +3,15 @@
     OMP_NUM_THREADS=1 python benchmarks/hook_overhead.py [--env-id MiniGrid-KeyCorridorS3R1-v0] [--view state|pixels]
         [--num-envs 8] [--rollout 128] [--rounds 30]
 
-Five set-ups live side by side in one process, each with its own SyncVectorEnv and the same random actions:
-no hook; the hook with a trivial program (the hook's own machinery: views, messages, bookkeeping) and with the
-shipped verified program for the env (machinery + the program's checks), each called as ppo_vlmcar.py calls it
-(`hook.submit` per step, `hook.flush()` after every `--rollout` steps) and as sac_vlmcar.py does (`hook.step`, the
-learner waits for the worker's answer). One round runs one rollout of every set-up in turn; the cost of a set-up
-is the median over rounds of its time per vector step divided by the no-hook time of the same round, so a VM's
-slow drift cancels out. Also reports the CPU time the worker itself spent per vector step.
+Four set-ups live side by side in one process, each with its own SyncVectorEnv stepping random actions: the hook
+with a trivial program (the hook's own machinery: views, messages, bookkeeping) and with the shipped verified
+program for the env (machinery + the program's checks), each called as ppo_vlmcar.py calls it (`hook.submit` per
+step, `hook.flush()` after every `--rollout` steps) and as sac_vlmcar.py does (`hook.step`, the learner waits for the
+worker's answer). In each round every set-up runs one rollout with its hook and one without it, on the same env
+instances (which goes first alternates between rounds; before a hooked rollout the hook starts over from the envs'
+state, untimed). The cost of a set-up is the median over rounds of hooked time / unhooked time: the VM's slow drift
+and the few-percent speed differences between env instances (object placement in memory) cancel out. Also reports
+the CPU time the worker itself spent per hooked vector step (its polling between rollouts included).
 Writes benchmarks/results/hook_overhead_{view}.json.
 """
 
@@ -39,7 +41,9 @@ class Setup:
         self.envs = gym.vector.SyncVectorEnv([lambda: gym.make(env_id) for _ in range(num_envs)])
         self.rng = np.random.default_rng(seed)
         self.num_envs, self.queued = num_envs, queued
-        _, infos = self.envs.reset(seed=seed)
+        _, self._infos = self.envs.reset(seed=seed)
+        self._ended = False  # an episode ended on the last step (its env resets on the next one)
+        self._stale = False  # steps were taken without the hook: it must start over before it is used again
         self.hook = None
         if program is not None:
             self.hook = RewardHook(program, self.envs, view=view)
@@ -47,12 +51,24 @@ class Setup:
                 worker = self.hook.runner.worker
                 worker.batch_scheduling = True
                 worker.start()
-            self.hook.reset(infos)
+            self.hook.reset(self._infos)
 
-    def rollout(self, steps: int) -> float:
-        """Seconds per vector step over one rollout."""
+    def _restart_hook(self) -> None:
+        """Untimed: step until no env is about to autoreset, then start the hook over from the envs' state."""
+        while self._ended:
+            _, _, te, tr, self._infos = self.envs.step(self.rng.integers(0, 6, size=self.num_envs))
+            self._ended = bool(np.logical_or(te, tr).any())
+        self.hook.reset(self._infos)
+        self._stale = False
+
+    def rollout(self, steps: int, hooked: bool = True) -> float:
+        """Seconds per vector step over one rollout, with the hook or (`hooked=False`) without it."""
+        hook = self.hook if hooked else None
+        if hook is not None and self._stale:
+            self._restart_hook()
+        self._stale = self._stale or (hook is None and self.hook is not None)
         actions = self.rng.integers(0, 6, size=(steps, self.num_envs))
-        hook, envs = self.hook, self.envs
+        envs = self.envs
         t0 = time.perf_counter()
         for a in actions:
             _, r, te, tr, infos = envs.step(a)
@@ -63,14 +79,21 @@ class Setup:
                     hook.step(r, te, tr, infos)
         if hook is not None and self.queued:
             hook.flush()
-        return (time.perf_counter() - t0) / steps
+        elapsed = time.perf_counter() - t0
+        self._infos, self._ended = infos, bool(np.logical_or(te, tr).any())
+        return elapsed / steps
 
     def worker_cpu_s(self) -> float:
+        """The worker's CPU time so far: the scheduler's exact run time (/proc/PID/schedstat, nanoseconds), else
+        user + system time in clock ticks (10 ms, sampled: unreliable for a process that runs in short bursts)."""
         if self.hook is None:
             return 0.0
         pid = self.hook.runner.worker.proc.pid
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        try:
+            return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0]) / 1e9
+        except (OSError, ValueError, IndexError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def close(self):
         if self.hook is not None:
@@ -96,24 +119,25 @@ def main():
         path, entry = cache.lookup(args.env_id, args.view)
         source, name = entry["program"], path.name
     programs = {"trivial": load_program(TRIVIAL, constants), "program": load_program(source, constants, name)}
-    setups = {"plain": Setup(args.env_id, args.num_envs, None, args.view, False, 0)}
+    setups = {}
     for key, prog in programs.items():
         setups[key + "_submit"] = Setup(args.env_id, args.num_envs, prog, args.view, True, 0)
         setups[key + "_step"] = Setup(args.env_id, args.num_envs, prog, args.view, False, 0)
     for s in setups.values():  # warm-up: caches, the worker's first requests
         s.rollout(args.rollout)
+        s.rollout(args.rollout, hooked=False)
     cpu0 = {k: s.worker_cpu_s() for k, s in setups.items()}
-    times = {k: [] for k in setups}
-    for _ in range(args.rounds):
+    times = {k: {"hooked": [], "unhooked": []} for k in setups}
+    for r in range(args.rounds):
         for key, s in setups.items():
-            times[key].append(s.rollout(args.rollout) * 1e6)
+            for hooked in ((True, False) if r % 2 == 0 else (False, True)):
+                times[key]["hooked" if hooked else "unhooked"].append(s.rollout(args.rollout, hooked) * 1e6)
     steps = args.rounds * args.rollout
     worker_us = {k: (s.worker_cpu_s() - cpu0[k]) / steps * 1e6 for k, s in setups.items()}
     for s in setups.values():
         s.close()
-    plain = np.array(times["plain"])
-    ratio = {k: float(np.median(np.array(v) / plain)) for k, v in times.items()}
-    med = {k: float(np.median(v)) for k, v in times.items()}
+    ratio = {k: float(np.median(np.array(v["hooked"]) / np.array(v["unhooked"]))) for k, v in times.items()}
+    plain_us = float(np.median([t for v in times.values() for t in v["unhooked"]]))
 
     def cell(key):
         return f"{100 * (ratio[key] - 1):+.1f}% (worker {worker_us[key]:.0f} us CPU)"
@@ -121,15 +145,16 @@ def main():
     print("| env | view | envs | hook call | vector step (us) | + hook machinery (trivial program) "
           "| + hook with the shipped program |\n| --- | --- | --- | --- | --- | --- | --- |")
     for call, suffix in ((f"submit, flush every {args.rollout} (PPO)", "_submit"), ("step (SAC)", "_step")):
-        print(f"| {args.env_id} | {args.view} | {args.num_envs} | {call} | {med['plain']:.0f} | "
+        print(f"| {args.env_id} | {args.view} | {args.num_envs} | {call} | {plain_us:.0f} | "
               f"{cell('trivial' + suffix)} | {cell('program' + suffix)} |")
-    print(f"(median over {args.rounds} rounds of the per-round ratio to the no-hook rollout, {args.rollout} "
+    print(f"(median over {args.rounds} rounds of the ratio of a set-up's hooked to its unhooked rollout, {args.rollout} "
           f"random-action steps each; program {name}; {platform.machine()}, {os.cpu_count()} cores)")
     out = ROOT / "benchmarks" / "results" / f"hook_overhead_{args.view}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"env_id": args.env_id, "view": args.view, "num_envs": args.num_envs,
                                "rollout": args.rollout, "rounds": args.rounds, "times_us": times,
-                               "overhead": {k: ratio[k] - 1 for k in times}, "worker_cpu_us_per_step": worker_us,
+                               "overhead": {k: ratio[k] - 1 for k in times}, "unhooked_step_us": plain_us,
+                               "worker_cpu_us_per_step": worker_us,
                                "program": name, "machine": platform.machine(), "cores": os.cpu_count()}, indent=2))
 
 
