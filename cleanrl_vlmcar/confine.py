@@ -51,9 +51,34 @@ F_SETPIPE_SZ = 1031  # fcntl: set a pipe's capacity (Linux)
 #: capacity asked for the request pipe (Linux allows unprivileged processes up to /proc/sys/fs/pipe-max-size, 1 MiB)
 PIPE_BYTES = 1 << 20
 MAX_TEXT = 2000
-_PKG_PARENT = str(Path(__file__).resolve().parents[1])
-_BOOT = ("import sys; sys.path[:0] = [p for p in sys.argv[1].split(chr(31)) if p]; "
-         "from cleanrl_vlmcar._worker import main; main(sys.argv)")
+#: the package modules the worker runs, read once, when the learner imports this module, and handed to every
+#: worker it starts: a worker restarted hours into a run executes the code the run started with, even if the
+#: package on disk has been updated meanwhile (a worker that imported it from disk then spoke another protocol)
+_WORKER_MODULES = ("errors", "program", "_worker")
+_WORKER_SOURCES = json.dumps({m: Path(__file__).with_name(f"{m}.py").read_text() for m in _WORKER_MODULES}).encode()
+_BOOT = "\n".join([
+    "import json, os, struct, sys, types",
+    "sys.path[:0] = [p for p in sys.argv[1].split(chr(31)) if p]",  # numpy, landlock, pyseccomp
+    "def take(n):",  # exactly n bytes of the request pipe (what follows belongs to the worker's framing)
+    "    data = b''",
+    "    while len(data) < n:",
+    "        chunk = os.read(0, n - len(data))",
+    "        if not chunk:",
+    "            sys.exit(1)",
+    "        data += chunk",
+    "    return data",
+    "sources = json.loads(take(struct.unpack('<I', take(4))[0]))",
+    "package = types.ModuleType('cleanrl_vlmcar')",
+    "package.__path__ = []",  # no other module of the package can be imported from disk
+    "sys.modules['cleanrl_vlmcar'] = package",
+    f"for name in {_WORKER_MODULES!r}:",
+    "    module = types.ModuleType('cleanrl_vlmcar.' + name)",
+    "    module.__package__ = 'cleanrl_vlmcar'",
+    "    sys.modules[module.__name__] = module",
+    "    setattr(package, name, module)",
+    "    exec(compile(sources[name], 'cleanrl_vlmcar/' + name + '.py', 'exec'), module.__dict__)",
+    "sys.modules['cleanrl_vlmcar._worker'].main(sys.argv)",
+])
 #: environment variables the worker keeps (thread counts and OpenBLAS CPU settings; never keys or tokens)
 _ENV_KEEP = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "LD_LIBRARY_PATH")
 
@@ -170,7 +195,7 @@ class ProgramWorker:
     def start(self) -> None:
         """Start (or restart) the worker and load the program into it."""
         self.kill()
-        paths = chr(31).join([_PKG_PARENT] + [p for p in sys.path if p and os.path.isdir(p)])
+        paths = chr(31).join(p for p in sys.path if p and os.path.isdir(p))
         bell_r, bell_w = os.pipe()  # the doorbell: one byte when the parent waits for a reply (see _worker._wait)
         opts = json.dumps({"memory_mb": self.memory_mb, "cpu_s": self.cpu_s, "skip": list(self.skip),
                            "batch_scheduling": self.batch_scheduling, "doorbell": bell_r})
@@ -197,18 +222,21 @@ class ProgramWorker:
         except OSError:
             pass
         self.starts += 1
+        stderr, self.proc.stderr = self.proc.stderr, None  # kept open when a failed start kills the worker
         try:
+            self._write_all(struct.pack("<I", len(_WORKER_SOURCES)) + _WORKER_SOURCES,
+                            time.monotonic() + STARTUP_TIMEOUT_S)
             ready = self._recv_json(time.monotonic() + STARTUP_TIMEOUT_S)
         except WorkerError as e:
-            err = b""
-            try:
-                err = self.proc.stderr.read()[-3000:]
-            except (OSError, ValueError):
-                pass
             self.kill()
+            try:  # what the worker wrote before it died (its traceback)
+                err = stderr.read()[-3000:]
+            except (OSError, ValueError):
+                err = b""
+            stderr.close()
             raise WorkerError("crash", f"the program worker did not start ({e}):\n"
                                        f"{sanitize(err.decode(errors='replace'), 3000)}") from None
-        self.proc.stderr.close()
+        stderr.close()  # from here on the worker's stderr is /dev/null
         status = ready.get("confinement") if isinstance(ready, dict) and ready.get("ready") is True else None
         if not isinstance(status, dict):
             self.kill()
@@ -295,7 +323,10 @@ class ProgramWorker:
         if self.proc is None:
             raise self._fail("crash", "the program worker is not running")
         payload = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-        view = memoryview(struct.pack("<I", len(payload)) + payload)
+        self._write_all(struct.pack("<I", len(payload)) + payload, deadline)
+
+    def _write_all(self, data: bytes, deadline: float) -> None:
+        view = memoryview(data)
         while view:
             try:
                 view = view[os.write(self._w, view):]  # a step's message usually fits the pipe at once

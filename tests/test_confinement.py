@@ -1076,3 +1076,34 @@ def test_batch_scheduling_is_an_option_that_changes_no_answer():
                 policy = int(next(line for line in status.splitlines() if line.startswith("policy")).split()[-1])
                 assert policy == (3 if batch else 0)  # SCHED_BATCH = 3, SCHED_OTHER = 0
     assert answers[0] == answers[1] == [1, 0]
+
+
+def test_worker_runs_the_code_the_learner_started_with_not_the_files_on_disk(monkeypatch):
+    """Every worker (a restart hours into a run too) gets the package modules the learner read when it imported
+    confine.py, not what is on disk then: an update of the package during a run used to give a restarted worker
+    another protocol, and it died. Here a changed copy of the worker's code stands in for the snapshot."""
+    from cleanrl_vlmcar import confine
+
+    sources = json.loads(confine._WORKER_SOURCES)
+    marker = '_reply_json({"error": "snapshot-marker"})'
+    assert sources["_worker"].count('_reply_json({"error": program.first_error})') == 1
+    sources["_worker"] = sources["_worker"].replace('_reply_json({"error": program.first_error})', marker)
+    monkeypatch.setattr(confine, "_WORKER_SOURCES", json.dumps(sources).encode())
+    program = load_program("SUBTASKS = ['x']\ndef subtask_1(obs, start):\n    return obs['x'] > 0\n")
+    with ProgramWorker(program) as worker:
+        assert worker.first_error() == "snapshot-marker"
+        worker.start()  # a restart gets the same code
+        assert worker.first_error() == "snapshot-marker"
+        assert worker.call("subtask", 0, {"x": 1}, {"x": 0}) == (True, None)
+
+
+def test_a_worker_that_cannot_start_is_a_clear_error(monkeypatch):
+    from cleanrl_vlmcar import confine
+
+    sources = json.loads(confine._WORKER_SOURCES)
+    sources["_worker"] = "raise RuntimeError('boom while booting')\n"
+    monkeypatch.setattr(confine, "_WORKER_SOURCES", json.dumps(sources).encode())
+    program = load_program("SUBTASKS = ['x']\ndef subtask_1(obs, start):\n    return obs['x'] > 0\n")
+    with pytest.raises(WorkerError, match="did not start") as ei:
+        ProgramWorker(program)
+    assert "boom while booting" in str(ei.value)
