@@ -147,8 +147,8 @@ def main():
     for call, suffix in ((f"submit, flush every {args.rollout} (PPO)", "_submit"), ("step (SAC)", "_step")):
         print(f"| {args.env_id} | {args.view} | {args.num_envs} | {call} | {plain_us:.0f} | "
               f"{cell('trivial' + suffix)} | {cell('program' + suffix)} |")
-    print(f"(median over {args.rounds} rounds of the ratio of a set-up's hooked to its unhooked rollout, {args.rollout} "
-          f"random-action steps each; program {name}; {platform.machine()}, {os.cpu_count()} cores)")
+    print(f"(median over {args.rounds} rounds of the ratio of a set-up's hooked to its unhooked rollout, "
+          f"{args.rollout} random-action steps each; program {name}; {platform.machine()}, {os.cpu_count()} cores)")
     out = ROOT / "benchmarks" / "results" / f"hook_overhead_{args.view}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"env_id": args.env_id, "view": args.view, "num_envs": args.num_envs,

@@ -153,6 +153,7 @@ def synthesize(env_id: str, view: str, backend: Backend, config: SynthesisConfig
     round's prompt text (the `refine` stage); `record` adds fields to the new entry (e.g. its parent).
     """
     cfg = config or SynthesisConfig()
+    vs = cfg.verify
     if cfg.rounds < 1:
         raise ValueError("--rounds must be at least 1")
     env = make_env(env_id)
@@ -170,20 +171,20 @@ def synthesize(env_id: str, view: str, backend: Backend, config: SynthesisConfig
     constants = spec.constants()
     traj_root = Path(cfg.traj_cache) if cfg.traj_cache else DEFAULT_CACHE
     store = TrajectoryStore(traj_root / "trajectories")
-    _log(f"collecting {cfg.verify.n} expert and {cfg.verify.n} random trajectories for {env_id} ({view} view)", cfg.progress)
-    if cfg.verify.expert_source == "demos":
-        if not cfg.verify.demos:
+    _log(f"collecting {vs.n} expert and {vs.n} random trajectories for {env_id} ({view} view)", cfg.progress)
+    if vs.expert_source == "demos":
+        if not vs.demos:
             raise ValueError("--expert-source demos needs --demos FILE.npz")
-        demos = load_demos(cfg.verify.demos, env_id, view, env)
-        expert = [t for t in demos if t.success][: cfg.verify.n]
+        demos = load_demos(vs.demos, env_id, view, env)
+        expert = [t for t in demos if t.success][: vs.n]
         dropped = len(demos) - len([t for t in demos if t.success])
         if expert and not expert[0].frames:  # replayed demos carry no frames: render the first one for the prompt
             expert[0].frames = rollout(env, None, expert[0].seed, [view], stop_on_success=False,
                                        actions=expert[0].actions, frames=True).frames
     else:
-        expert, dropped = collect(env_id, view, "expert", cfg.verify.n, cfg.verify.seed, store, successful_only=True,
+        expert, dropped = collect(env_id, view, "expert", vs.n, vs.seed, store, successful_only=True,
                                   frames=True, progress=cfg.progress, env=env)
-    random, _ = collect(env_id, view, "random", cfg.verify.n, cfg.verify.seed + 10_000, store, progress=cfg.progress, env=env)
+    random, _ = collect(env_id, view, "random", vs.n, vs.seed + 10_000, store, progress=cfg.progress, env=env)
     if not expert:
         raise SynthesisError(f"no successful expert episode for {env_id}: cannot show a goal frame or verify")
 
@@ -191,12 +192,12 @@ def synthesize(env_id: str, view: str, backend: Backend, config: SynthesisConfig
     env.reset(seed=expert[0].seed)
     task, note = task_text(env)
     images = prompt_images(expert[0], view)
-    prompt1 = first_prompt(env_id, task, note, spec, images, cfg.verify.n, cfg.verify.expert_threshold, cfg.verify.random_threshold)
+    prompt1 = first_prompt(env_id, task, note, spec, images, vs.n, vs.expert_threshold, vs.random_threshold)
     if first_prompt_text is not None:
         prompt1 = Prompt(text=first_prompt_text(task, note, spec.doc()), images=list(images), system=prompts.SYSTEM)
-    settings = {**backend.settings(), "rounds": cfg.rounds, "n": cfg.verify.n, "seed": cfg.verify.seed,
-                "expert_threshold": cfg.verify.expert_threshold, "random_threshold": cfg.verify.random_threshold,
-                "expert_source": cfg.verify.expert_source}
+    settings = {**backend.settings(), "rounds": cfg.rounds, "n": vs.n, "seed": vs.seed,
+                "expert_threshold": vs.expert_threshold, "random_threshold": vs.random_threshold,
+                "expert_source": vs.expert_source}
     key = cache.content_key(env_id, view, prompt1.text, [image_to_png(img) for _, img in images], backend.name,
                             backend.model, settings)
     path = cache.entry_path(env_id, view, key, cfg.reward_cache)
@@ -234,8 +235,8 @@ def synthesize(env_id: str, view: str, backend: Backend, config: SynthesisConfig
             if report.false_positive is not None and "rgb" in expert[0].views[view][0]:
                 fp = next(t for t in random if t.seed == report.false_positive.seed)
                 wrong = fp.views[view][report.false_positive.step]["rgb"]
-            prompt = feedback_prompt(env_id, task, note, spec, images, program_text, report, stall, cfg.verify.n,
-                                     cfg.verify.expert_threshold, cfg.verify.random_threshold, wrong)
+            prompt = feedback_prompt(env_id, task, note, spec, images, program_text, report, stall, vs.n,
+                                     vs.expert_threshold, vs.random_threshold, wrong)
         if r <= len(recorded) and recorded[r - 1].get("prompt") == prompt.text:
             answer = recorded[r - 1]["answer"]
             _log(f"round {r}/{cfg.rounds}: replaying the recorded answer", cfg.progress)
@@ -257,7 +258,7 @@ def synthesize(env_id: str, view: str, backend: Backend, config: SynthesisConfig
         except ProgramError as e:
             program_text = ""
             report = VerifyReport(env_id, view, False, ["the answer held no usable program"], error=str(e),
-                                  expert_threshold=cfg.verify.expert_threshold, random_threshold=cfg.verify.random_threshold)
+                                  expert_threshold=vs.expert_threshold, random_threshold=vs.random_threshold)
         else:
             _log(f"round {r}/{cfg.rounds}: verifying", cfg.progress)
             report = verify_sets(program_text, constants, env_id, view, vsettings, (expert, random, dropped),
