@@ -21,6 +21,7 @@ import ctypes
 import errno
 import json
 import math
+import mmap
 import os
 import pickle
 import resource
@@ -35,7 +36,7 @@ from itertools import islice
 
 import numpy as np
 
-from .program import (_PLAIN, SAFE_BUILTINS, PackedArray, advance, check_source, completion_steps, pack,
+from .program import (_PLAIN, SAFE_BUILTINS, PackedArray, SharedArray, advance, check_source, completion_steps, pack,
                       progress_value, restricted_import, sanitize, short_traceback)
 
 MAX_TEXT = 2000  # longest traceback or message a reply carries
@@ -48,6 +49,7 @@ _inbox = bytearray()  # bytes the parent has sent and the worker has not parsed 
 #: the longest the worker sleeps between looks at its requests when nobody rings (seconds)
 DRAIN_S = 0.01
 _doorbell = -1
+_shared = memoryview(b"")  # the learner's shared memory for big view arrays (confine.SharedRing), when it has one
 
 
 def _wait() -> None:
@@ -397,10 +399,15 @@ def _unpack_columns(msg: dict):
     cols = []
     for key in keys:
         col = columns[key]
-        if isinstance(col, PackedArray):
+        if isinstance(col, (PackedArray, SharedArray)):
             dtype, shape = np.dtype(col.dtype), col.shape[1:]
             size = dtype.itemsize * math.prod(shape)
-            data = memoryview(col.data)
+            if isinstance(col, PackedArray):
+                data = memoryview(col.data)
+            else:  # in the shared ring: the learner does not touch it until this step is answered
+                data = _shared[col.offset:col.offset + size * col.shape[0]]
+                if len(data) != size * col.shape[0]:
+                    raise ValueError("a shared column lies outside the shared memory")
             col = [np.frombuffer(bytes(data[j * size:(j + 1) * size]), dtype=dtype).reshape(shape)
                    for j in range(col.shape[0])]
         else:  # scalars and tuples of them are immutable as they are
@@ -481,6 +488,16 @@ def serve() -> None:
             return
 
 
+def _map_read_only(fd: int, size: int) -> memoryview:
+    """A read-only shared mapping of `fd` (libc's mmap: Python's mmap object keeps a duplicate of the descriptor)."""
+    _libc.mmap.restype = ctypes.c_void_p
+    _libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    addr = _libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+    if addr in (None, ctypes.c_void_p(-1).value):
+        raise OSError(ctypes.get_errno(), "mmap of the shared ring failed")
+    return memoryview((ctypes.c_char * size).from_address(addr)).cast("B")
+
+
 def main(argv: list[str]) -> None:
     opts = json.loads(argv[-1])
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
@@ -496,8 +513,12 @@ def main(argv: list[str]) -> None:
             os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
         except (OSError, AttributeError):
             pass
-    global _doorbell
+    global _doorbell, _shared
     _doorbell = int(opts.get("doorbell", -1))
+    shm = int(opts.get("shm", -1))
+    if shm >= 0:  # the learner's SharedRing, read-only (its seals refuse a writable mapping); the fd is not kept
+        _shared = _map_read_only(shm, int(opts["shm_bytes"]))
+        os.close(shm)
     os.set_blocking(0, False)
     if _doorbell >= 0:
         os.set_blocking(_doorbell, False)

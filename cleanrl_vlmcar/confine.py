@@ -23,6 +23,7 @@ import fcntl
 import json
 import logging
 import math
+import mmap
 import os
 import pickle
 import select
@@ -38,7 +39,9 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfinementError, WorkerError  # noqa: F401 - raised here, defined with the other errors
-from .program import RewardProgram, pack, pack_columns, sanitize
+import numpy as np
+
+from .program import RewardProgram, SharedArray, pack, pack_columns, sanitize
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +54,10 @@ F_SETPIPE_SZ = 1031  # fcntl: set a pipe's capacity (Linux)
 #: capacity asked for the request pipe (Linux allows unprivileged processes up to /proc/sys/fs/pipe-max-size, 1 MiB)
 PIPE_BYTES = 1 << 20
 MAX_TEXT = 2000
+#: the memory shared with each worker for big view arrays (SharedRing), and the smallest stacked column put there
+SHM_BYTES = 64 << 20
+SHM_MIN_BYTES = 32 << 10
+F_SEAL_FUTURE_WRITE = 0x0010  # fcntl (Linux 5.1+; not in Python's fcntl module): no new writable mappings
 #: the package modules the worker runs, read once, when the learner imports this module, and handed to every
 #: worker it starts: a worker restarted hours into a run executes the code the run started with, even if the
 #: package on disk has been updated meanwhile (a worker that imported it from disk then spoke another protocol)
@@ -117,6 +124,57 @@ class Confinement:
 _warned_missing: set[tuple[str, ...]] = set()
 
 
+class SharedRing:
+    """Memory shared with the worker for the big arrays of vector steps (frames): the learner writes a step's
+    stacked column there instead of packing and pickling it into the request pipe, and the worker copies each
+    env's row out of it (each view keeps its own bytes, as before). It is a sealed memfd: the worker maps it
+    read-only and can neither write to it nor shrink it (which would make the learner's writes fault) nor grow it;
+    the learner never reads from it. Space is taken in order and given back at once when no request is in flight
+    (every answer read: the worker has copied its rows out); a column that does not fit goes into the message.
+    `create` returns None where the kernel has no sealed memfds (then every array goes through the pipe)."""
+
+    ALIGN = 64
+
+    def __init__(self, fd: int, size: int):
+        self.fd, self.size, self.head = fd, size, 0
+        self.placed = 0  # columns placed so far (for tests and benchmarks)
+        self.map = mmap.mmap(fd, size)  # shared, read-write: the learner's side
+        self._finalizer = weakref.finalize(self, os.close, fd)
+
+    @classmethod
+    def create(cls, size: int | None = None) -> "SharedRing | None":
+        size = SHM_BYTES if size is None else size
+        if size <= 0:
+            return None
+        try:
+            fd = os.memfd_create("vlmcar-views", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        except (OSError, AttributeError):
+            return None
+        try:
+            os.ftruncate(fd, size)
+            ring = cls(fd, size)  # mapped writable before the seal, which forbids new writable mappings
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | F_SEAL_FUTURE_WRITE
+                        | fcntl.F_SEAL_SEAL)
+        except (OSError, ValueError):
+            os.close(fd)
+            return None
+        return ring
+
+    def alloc(self, dtype: np.dtype, shape: tuple) -> tuple[np.ndarray, SharedArray] | None:
+        """Room for one stacked column (pack_columns' `alloc`), or None: small, or no room left."""
+        nbytes = dtype.itemsize * math.prod(shape)
+        if nbytes < SHM_MIN_BYTES or self.head + nbytes > self.size:
+            return None
+        offset = self.head
+        self.head = -(-(offset + nbytes) // self.ALIGN) * self.ALIGN
+        self.placed += 1
+        return np.ndarray(shape, dtype, buffer=self.map, offset=offset), SharedArray(dtype.str, shape, offset)
+
+    def release(self) -> None:
+        """Every column placed so far has been read: the whole ring is free again."""
+        self.head = 0
+
+
 def _kill(proc: subprocess.Popen, bell=None) -> None:
     if proc.poll() is None:
         try:
@@ -167,7 +225,8 @@ class ProgramWorker:
     `_worker.DRAIN_S`, so a request never wakes it (see `_worker._wait`); `recv_step` reads the answers in order.
     `require_confinement=True` raises ConfinementError where the kernel lacks Landlock or
     seccomp (else a warning is logged once and the worker runs with process isolation and rlimits only). `skip` is
-    for tests: confinement steps to leave out ("landlock", "seccomp").
+    for tests: confinement steps to leave out ("landlock", "seccomp"). With `shared_memory` (the default) the big
+    arrays of vector steps (frames) reach the worker through a SharedRing instead of the pipe.
     """
 
     #: usual vector steps gathered into one request by `send_step`
@@ -175,7 +234,7 @@ class ProgramWorker:
 
     def __init__(self, program: RewardProgram, *, memory_mb: int = DEFAULT_MEMORY_MB, cpu_s: int = DEFAULT_CPU_S,
                  require_confinement: bool = False, skip: tuple[str, ...] = (), load_timeout_s: float = LOAD_TIMEOUT_S,
-                 batch_scheduling: bool = False):
+                 batch_scheduling: bool = False, shared_memory: bool = True):
         if not isinstance(program, RewardProgram):
             raise TypeError("ProgramWorker needs a checked RewardProgram (cleanrl_vlmcar.program.load_program)")
         self.program = program
@@ -184,6 +243,8 @@ class ProgramWorker:
         self.load_timeout_s = float(load_timeout_s)
         self.batch_scheduling = bool(batch_scheduling)
         self.proc: subprocess.Popen | None = None
+        self.shared_memory = bool(shared_memory)
+        self._shm: SharedRing | None = None
         self.confinement = Confinement()
         self.starts = 0
         self._finalizer = None
@@ -197,14 +258,19 @@ class ProgramWorker:
         self.kill()
         paths = chr(31).join(p for p in sys.path if p and os.path.isdir(p))
         bell_r, bell_w = os.pipe()  # the doorbell: one byte when the parent waits for a reply (see _worker._wait)
+        if self._shm is None and self.shared_memory:
+            self._shm = SharedRing.create()
+        ring = self._shm
         opts = json.dumps({"memory_mb": self.memory_mb, "cpu_s": self.cpu_s, "skip": list(self.skip),
-                           "batch_scheduling": self.batch_scheduling, "doorbell": bell_r})
+                           "batch_scheduling": self.batch_scheduling, "doorbell": bell_r,
+                           "shm": ring.fd if ring is not None else -1, "shm_bytes": ring.size if ring else 0})
         env = {k: os.environ[k] for k in _ENV_KEEP if k in os.environ}
         env.update(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
         try:
             self.proc = subprocess.Popen([sys.executable, "-I", "-c", _BOOT, paths, opts], stdin=subprocess.PIPE,
                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd="/",
-                                         start_new_session=True, close_fds=True, pass_fds=(bell_r,))
+                                         start_new_session=True, close_fds=True,
+                                         pass_fds=(bell_r,) if ring is None else (bell_r, ring.fd))
         finally:
             os.close(bell_r)
         self._bell = open(bell_w, "wb", buffering=0)  # closed with the process (see _kill)
@@ -277,6 +343,8 @@ class ProgramWorker:
     def kill(self) -> None:
         self._queue = deque()
         self._gathered = []  # steps `send_step` gathered and did not send yet
+        if self._shm is not None:  # what a dead worker had not read is never read
+            self._shm.release()
         if self.proc is not None:
             if self._finalizer is not None:
                 self._finalizer.detach()
@@ -454,7 +522,7 @@ class ProgramWorker:
         views = [view for _, _, step_views, _ in gathered for view in step_views]
         index = [pair for _, step_index, _, _ in gathered for pair in step_index]
         message = {"op": "step", "steps": [n for n, _, _, _ in gathered], "progress": self._gathered_progress}
-        columns = pack_columns(views)
+        columns = pack_columns(views, self._shm.alloc if self._shm is not None else None)
         if columns is not None:  # one column per view key: the cheap form of the usual steps
             message.update(index=index, columns=columns)
         else:
@@ -480,6 +548,8 @@ class ProgramWorker:
         n, index, timeout_s = self._queue.popleft()
         size = 4 + 12 * n
         raw = self._read(4 + size, time.monotonic() + timeout_s)  # the reply's length prefix and record at once
+        if not self._queue and self._shm is not None:  # this answer was the last one due: all rows were read
+            self._shm.release()
         if raw[:4] != struct.pack("<I", size):
             raise self._fail("protocol", "the program worker sent a reply of the wrong size")
         values = struct.unpack_from(f"<i{n}i{n}d", raw, 4)

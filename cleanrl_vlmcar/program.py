@@ -503,6 +503,19 @@ class PackedArray:
         return PackedArray, (self.dtype, self.shape, self.data)
 
 
+class SharedArray:
+    """A stacked array column of a vector step that the learner wrote into the worker's shared-memory ring
+    (confine.SharedRing) instead of the message: its dtype, shape and byte offset in the ring."""
+
+    __slots__ = ("dtype", "shape", "offset")
+
+    def __init__(self, dtype: str, shape: tuple, offset: int):
+        self.dtype, self.shape, self.offset = dtype, shape, offset
+
+    def __reduce__(self):
+        return SharedArray, (self.dtype, self.shape, self.offset)
+
+
 _PLAIN = frozenset({int, float, str, bool, type(None)})
 
 
@@ -522,10 +535,12 @@ def pack(value: Any) -> Any:
     return value
 
 
-def pack_columns(views: list) -> tuple | None:
+def pack_columns(views: list, alloc: Callable[[np.dtype, tuple], tuple | None] | None = None) -> tuple | None:
     """A vector step's views as columns, when they are dicts with the same keys and each array key has one shape and
     dtype across them (the usual case: one env id): (keys, {key: PackedArray of the stacked arrays, or the list of
-    values}). About a third of the cost of packing and pickling each view; None when the views do not fit."""
+    values}). About a third of the cost of packing and pickling each view; None when the views do not fit.
+    `alloc(dtype, shape)`, when given, may place a stacked array elsewhere (the worker's shared memory): it returns
+    (an empty array of that shape to fill, the column to send in its place), or None to send the bytes."""
     first = views[0] if views else None
     if type(first) is not dict:
         return None
@@ -542,10 +557,16 @@ def pack_columns(views: list) -> tuple | None:
             shape, dtype = head.shape, head.dtype
             if dtype.hasobject:
                 raise TypeError("views may not hold object arrays")
-            for x in values:
-                if type(x) is not np.ndarray or x.shape != shape or x.dtype != dtype:
+            for x in values:  # (`is` first: the arrays of one view usually share their dtype object)
+                if type(x) is not np.ndarray or x.shape != shape or (x.dtype is not dtype and x.dtype != dtype):
                     return None
-            columns[key] = PackedArray(dtype.str, (len(values),) + shape, b"".join([x.tobytes() for x in values]))
+            placed = None if alloc is None else alloc(dtype, (len(values),) + shape)
+            if placed is not None:
+                out, columns[key] = placed
+                for j, x in enumerate(values):
+                    out[j] = x
+            else:
+                columns[key] = PackedArray(dtype.str, (len(values),) + shape, b"".join([x.tobytes() for x in values]))
         else:  # plain values and tuples of them as they are (the common case, checked in bulk), the rest packed
             kinds = set(map(type, values))
             if kinds <= _PLAIN or kinds == {tuple} and set(map(type, chain.from_iterable(values))) <= _PLAIN:

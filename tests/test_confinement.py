@@ -1107,3 +1107,91 @@ def test_a_worker_that_cannot_start_is_a_clear_error(monkeypatch):
     with pytest.raises(WorkerError, match="did not start") as ei:
         ProgramWorker(program)
     assert "boom while booting" in str(ei.value)
+
+
+# ==========================================================================================================
+# Shared memory for big view arrays (frames): same answers as through the pipe, sealed against the worker
+# ==========================================================================================================
+FRAME_PROGRAM = """SUBTASKS = ["a marked pixel", "the frame sums to 16"]
+def subtask_1(obs, start):
+    return int(obs["rgb"][3, 4, 1]) == 7 and len(obs["rgb"].base) == obs["rgb"].nbytes
+def subtask_2(obs, start):
+    return int(obs["rgb"].sum()) == 16
+"""
+
+
+def frame_steps(n_steps: int = 40, n_envs: int = 2, seed: int = 0) -> list[list]:
+    """Vector steps of 96x96x3 frames (27 KB each): some carry the marked pixel, some sum to 16."""
+    rng = np.random.default_rng(seed)
+    steps = []
+    for t in range(n_steps):
+        items = []
+        for i in range(n_envs):
+            rgb = np.zeros((96, 96, 3), dtype=np.uint8)
+            r = rng.random()
+            if r < 0.3:
+                rgb[3, 4, 1] = 7
+            if r < 0.15:
+                rgb[50, 60, 0] = 9
+            rgb[90, 1, 2] = t % 3  # every frame differs a little
+            items.append((i, -1 if t % 13 == 0 else None, {"rgb": rgb, "t": t}))
+        steps.append(items)
+    return steps
+
+
+def run_frames(worker: ProgramWorker, steps: list[list]) -> list[list[int]]:
+    """All steps queued first (they are gathered, 8 to a request), then every answer read."""
+    for items in steps:
+        worker.send_step([(i, k, v, None) for i, k, v in items], len(items), False, 20.0)
+    return [worker.recv_step()[1] for _ in steps]
+
+
+def test_frames_through_shared_memory_give_the_answers_of_the_pipe(monkeypatch):
+    """Big arrays go through the shared ring; the answers equal those of the pipe, also when the ring is too small
+    for a whole rollout (columns that do not fit go into the message) and over two rollouts (the ring is reused)."""
+    from cleanrl_vlmcar import confine
+
+    program, steps = load_program(FRAME_PROGRAM), frame_steps()
+    with ProgramWorker(program, memory_mb=512, shared_memory=False) as w:
+        expected = run_frames(w, steps)
+        assert w._shm is None
+    assert any(k == 1 for ks in expected for k in ks) and any(k == 2 for ks in expected for k in ks)
+    for size in (confine.SHM_BYTES, 1 << 20):
+        monkeypatch.setattr(confine, "SHM_BYTES", size)
+        with ProgramWorker(program, memory_mb=512) as w:
+            if w._shm is None:
+                pytest.skip("no sealed memfd on this kernel")
+            assert run_frames(w, steps) == expected
+            placed = w._shm.placed
+            assert placed >= 2 and w._shm.head == 0  # used, and free again once every answer is read
+            assert run_frames(w, steps) == expected
+            assert w._shm.placed >= 2 * placed
+            if size == 1 << 20:  # 8 steps x 2 envs x 27 KB = 442 KB a request: 2 of 5 requests fit
+                assert placed == 2
+
+
+def test_shared_ring_is_sealed_and_the_worker_keeps_no_descriptor_of_it():
+    """The worker can map the ring read-only only: a writable mapping, shrinking (which would fault the learner's
+    writes) and growing are refused by the seals; the worker closes the descriptor after mapping it."""
+    import mmap
+
+    from cleanrl_vlmcar.confine import SharedRing
+
+    ring = SharedRing.create(1 << 20)
+    if ring is None:
+        pytest.skip("no sealed memfd on this kernel")
+    with pytest.raises(PermissionError):
+        mmap.mmap(ring.fd, 1 << 20)  # shared and writable
+    with pytest.raises(PermissionError):
+        os.ftruncate(ring.fd, 0)
+    with pytest.raises(PermissionError):
+        os.ftruncate(ring.fd, 2 << 20)
+    seen = mmap.mmap(ring.fd, 1 << 20, prot=mmap.PROT_READ)
+    ring.map[:4] = b"abcd"
+    assert seen[:4] == b"abcd"
+    with ProgramWorker(load_program(FRAME_PROGRAM), memory_mb=256) as w:
+        pid = w.proc.pid
+        links = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+        assert not any("vlmcar-views" in link for link in links)
+        maps = [line for line in open(f"/proc/{pid}/maps") if "vlmcar-views" in line]
+        assert len(maps) == 1 and maps[0].split()[1] == "r--s"

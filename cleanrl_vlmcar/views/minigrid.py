@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 from minigrid.core.constants import COLOR_TO_IDX, COLORS, DIR_TO_VEC, OBJECT_TO_IDX, STATE_TO_IDX
 from minigrid.core.grid import Grid
+from minigrid.core.world_object import WorldObj
 
 from . import Field, ViewAdapter, ViewSpec
 
@@ -13,9 +14,12 @@ TILE_SIZE = 16
 
 _AGENT = OBJECT_TO_IDX["agent"]
 _RED = COLOR_TO_IDX["red"]
-_EMPTY = (OBJECT_TO_IDX["empty"], 0, 0)
+_EMPTY_CELL = np.array((OBJECT_TO_IDX["empty"], 0, 0), dtype=np.uint8)
 _DIRS = [(int(v[0]), int(v[1])) for v in DIR_TO_VEC]
 _AGENT_CELLS = [np.array((_AGENT, _RED, d), dtype=np.uint8) for d in range(4)]  # the agent's cell per direction
+
+_ENCODE = WorldObj.encode
+_CODES: dict[tuple[str, str], np.ndarray] = {}  # (type, color) -> encoding, for stateless objects
 
 #: minigrid environment classes whose own `step` changes the grid beyond the cell in front of the agent
 _GRID_CHANGING_STEP = {"DynamicObstaclesEnv"}
@@ -52,24 +56,26 @@ class MiniGridStateView(ViewAdapter):
         self.incremental = _incremental(self.unwrapped)
         self._base: np.ndarray | None = None
 
-    def _view(self, env, x, y, d) -> dict:
+    def _view(self, env, x: int, y: int, d: int) -> dict:
         """The view: a copy of the base with the agent's cell (the base stays without it, for the next step)."""
         grid = self._base.copy()
         grid[x, y] = _AGENT_CELLS[d]
         c = env.carrying
-        return {"grid": grid, "agent_pos": (int(x), int(y)), "agent_dir": int(d),
+        return {"grid": grid, "agent_pos": (x, y), "agent_dir": d,
                 "carrying": None if c is None else (OBJECT_TO_IDX[c.type], COLOR_TO_IDX[c.color]),
                 "mission": env.mission}
 
     def reset(self, obs=None, info=None) -> dict:
         env = self.unwrapped
         self._base = env.grid.encode()
-        return self._view(env, *env.agent_pos, env.agent_dir)
+        x, y = env.agent_pos
+        return self._view(env, int(x), int(y), int(env.agent_dir))
 
     def step(self, obs=None, info=None) -> dict:
+        # per-env plain Python on Python ints: this runs for every env on every step (numpy scalars cost more)
         env = self.unwrapped
         x, y = env.agent_pos
-        d = env.agent_dir
+        x, y, d = int(x), int(y), int(env.agent_dir)
         if not self.incremental:
             self._base = env.grid.encode()
             return self._view(env, x, y, d)
@@ -77,8 +83,20 @@ class MiniGridStateView(ViewAdapter):
         fx, fy, width = x + dx, y + dy, env.width
         if 0 <= fx < width and 0 <= fy < env.height:
             cell = env.grid.grid[fy * width + fx]
-            self._base[fx, fy] = _EMPTY if cell is None else cell.encode()
+            self._base[fx, fy] = _EMPTY_CELL if cell is None else _encoded(cell)
         return self._view(env, x, y, d)
+
+
+def _encoded(cell) -> np.ndarray | tuple:
+    """`cell.encode()`, as a cached uint8 array for objects that keep minigrid's stateless encoding (numpy copies an
+    array into a cell faster than a tuple); doors (which encode their state) and overrides as they are."""
+    if type(cell).encode is not _ENCODE:
+        return cell.encode()
+    key = (cell.type, cell.color)
+    code = _CODES.get(key)
+    if code is None:
+        code = _CODES[key] = np.array(cell.encode(), dtype=np.uint8)
+    return code
 
 
 class MiniGridPixelsView(ViewAdapter):
