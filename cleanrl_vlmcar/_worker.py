@@ -517,13 +517,16 @@ def main(argv: list[str]) -> None:
     _doorbell = int(opts.get("doorbell", -1))
     shm = int(opts.get("shm", -1))
     if shm >= 0:  # the learner's SharedRing, read-only (its seals refuse a writable mapping); the fd is not kept
-        _shared = _map_read_only(shm, int(opts["shm_bytes"]))
+        try:
+            _shared = _map_read_only(shm, int(opts["shm_bytes"]))
+        except OSError:  # the greeting says so: the learner then sends every array through the pipe
+            pass
         os.close(shm)
     os.set_blocking(0, False)
     if _doorbell >= 0:
         os.set_blocking(_doorbell, False)
     status = confine(int(opts["memory_mb"]), int(opts["cpu_s"]), set(opts.get("skip", ())))
-    _reply_json({"ready": True, "confinement": status})
+    _reply_json({"ready": True, "confinement": status, "shared_memory": len(_shared) > 0})
     try:
         serve()
     except MemoryError:

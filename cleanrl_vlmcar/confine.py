@@ -38,9 +38,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfinementError, WorkerError  # noqa: F401 - raised here, defined with the other errors
 import numpy as np
 
+from .errors import ConfinementError, WorkerError  # noqa: F401 - raised here, defined with the other errors
 from .program import RewardProgram, SharedArray, pack, pack_columns, sanitize
 
 log = logging.getLogger(__name__)
@@ -245,6 +245,7 @@ class ProgramWorker:
         self.proc: subprocess.Popen | None = None
         self.shared_memory = bool(shared_memory)
         self._shm: SharedRing | None = None
+        self._shm_live = False  # the running worker has mapped the ring
         self.confinement = Confinement()
         self.starts = 0
         self._finalizer = None
@@ -303,6 +304,8 @@ class ProgramWorker:
             raise WorkerError("crash", f"the program worker did not start ({e}):\n"
                                        f"{sanitize(err.decode(errors='replace'), 3000)}") from None
         stderr.close()  # from here on the worker's stderr is /dev/null
+        # the ring is used only if the worker says it mapped it
+        self._shm_live = ring is not None and isinstance(ready, dict) and ready.get("shared_memory") is True
         status = ready.get("confinement") if isinstance(ready, dict) and ready.get("ready") is True else None
         if not isinstance(status, dict):
             self.kill()
@@ -343,6 +346,7 @@ class ProgramWorker:
     def kill(self) -> None:
         self._queue = deque()
         self._gathered = []  # steps `send_step` gathered and did not send yet
+        self._shm_live = False
         if self._shm is not None:  # what a dead worker had not read is never read
             self._shm.release()
         if self.proc is not None:
@@ -522,7 +526,7 @@ class ProgramWorker:
         views = [view for _, _, step_views, _ in gathered for view in step_views]
         index = [pair for _, step_index, _, _ in gathered for pair in step_index]
         message = {"op": "step", "steps": [n for n, _, _, _ in gathered], "progress": self._gathered_progress}
-        columns = pack_columns(views, self._shm.alloc if self._shm is not None else None)
+        columns = pack_columns(views, self._shm.alloc if self._shm_live else None)
         if columns is not None:  # one column per view key: the cheap form of the usual steps
             message.update(index=index, columns=columns)
         else:

@@ -1195,3 +1195,21 @@ def test_shared_ring_is_sealed_and_the_worker_keeps_no_descriptor_of_it():
         assert not any("vlmcar-views" in link for link in links)
         maps = [line for line in open(f"/proc/{pid}/maps") if "vlmcar-views" in line]
         assert len(maps) == 1 and maps[0].split()[1] == "r--s"
+
+
+def test_a_worker_that_cannot_map_the_ring_gets_frames_through_the_pipe(monkeypatch):
+    """A worker whose mapping of the ring fails says so in its greeting; the learner then sends every array
+    through the pipe, and the answers stay right."""
+    from cleanrl_vlmcar import confine
+
+    sources = json.loads(confine._WORKER_SOURCES)
+    call = '_shared = _map_read_only(shm, int(opts["shm_bytes"]))'
+    assert sources["_worker"].count(call) == 1
+    sources["_worker"] = sources["_worker"].replace(call, 'raise OSError("no mapping here")')
+    monkeypatch.setattr(confine, "_WORKER_SOURCES", json.dumps(sources).encode())
+    program, steps = load_program(FRAME_PROGRAM), frame_steps(n_steps=16)
+    with ProgramWorker(program, memory_mb=512, shared_memory=False) as w:
+        expected = run_frames(w, steps)
+    with ProgramWorker(program, memory_mb=512) as w:
+        assert run_frames(w, steps) == expected
+        assert not w._shm_live and (w._shm is None or w._shm.placed == 0)
