@@ -106,7 +106,9 @@ class MiniGridPixelsView(ViewAdapter):
     Drawing the whole frame costs ~300 us per step (minigrid also computes the agent's field of view for the
     highlight it then leaves out). As in the state view, after `reset` only the cells a step can change in
     minigrid's own environments are drawn again: where the agent was, where it is, and the cell in front of it
-    (the tiles come from minigrid's own `Grid.render_tile`, so the frame is the same to the pixel).
+    (the tiles come from minigrid's own `Grid.render_tile`, so the frame is the same to the pixel); a cell whose
+    tile key (the object's encoding and the agent's direction, what `render_tile` caches on) is the one it was last
+    drawn with is left as it is.
     Environments that move objects on their own get the full frame every step.
     """
 
@@ -115,11 +117,13 @@ class MiniGridPixelsView(ViewAdapter):
         self.incremental = _incremental(self.unwrapped)
         self._frame: np.ndarray | None = None
         self._agent = (0, 0)
+        self._drawn: dict[tuple[int, int], tuple] = {}  # cell -> the tile key it was last drawn with, by `step`
 
     def _full(self) -> dict:
         env = self.unwrapped
         self._frame = env.get_frame(highlight=False, tile_size=TILE_SIZE)
         self._agent = (int(env.agent_pos[0]), int(env.agent_pos[1]))
+        self._drawn = {}
         return {"rgb": self._frame.copy(), "mission": env.mission}
 
     def reset(self, obs=None, info=None) -> dict:
@@ -131,11 +135,16 @@ class MiniGridPixelsView(ViewAdapter):
         env = self.unwrapped
         x, y = int(env.agent_pos[0]), int(env.agent_pos[1])
         dx, dy = _DIRS[env.agent_dir]
+        drawn = self._drawn
         for cx, cy in {self._agent, (x, y), (x + dx, y + dy)}:
             if 0 <= cx < env.width and 0 <= cy < env.height:
-                here = cx == x and cy == y
-                tile = Grid.render_tile(env.grid.get(cx, cy), agent_dir=env.agent_dir if here else None,
-                                        highlight=False, tile_size=TILE_SIZE)
+                obj = env.grid.get(cx, cy)
+                agent_dir = env.agent_dir if cx == x and cy == y else None
+                key = (None if obj is None else obj.encode(), agent_dir)  # what render_tile's own cache keys on
+                if drawn.get((cx, cy)) == key:  # the same tile is there already (a turn, an unchanged front cell)
+                    continue
+                drawn[cx, cy] = key
+                tile = Grid.render_tile(obj, agent_dir=agent_dir, highlight=False, tile_size=TILE_SIZE)
                 self._frame[cy * TILE_SIZE:(cy + 1) * TILE_SIZE, cx * TILE_SIZE:(cx + 1) * TILE_SIZE] = tile
         self._agent = (x, y)
         return {"rgb": self._frame.copy(), "mission": env.mission}
