@@ -120,6 +120,9 @@ class Args:
     """run CLIP in half precision (GPU only)"""
     clip_end_episode: bool = False
     """end the episode when the CLIP reward fires, as in Baumli et al. (binary mode)"""
+    subtask_obs: bool = False
+    """the policy also sees the program's next sub-task (one-hot), as agents of reward machines see the machine's
+    state (needs --reward vlmcar; the hook then answers every step before the next action)"""
 
     # to be filled in runtime
     batch_size: int = 0
@@ -152,8 +155,9 @@ def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
 
 
 class Agent(nn.Module):
-    def __init__(self, envs):
+    def __init__(self, envs, num_stages=0):
         super().__init__()
+        self.num_stages = num_stages  # VLM-CaR: --subtask-obs appends the next sub-task (one-hot) to the features
         space = envs.single_observation_space
         # MiniGrid's symbolic view (object, colour, state per cell) is categorical: one-hot it; else flatten
         self.minigrid = space.shape[-1:] == (3,) and space.dtype == np.uint8 and len(space.shape) == 3
@@ -163,6 +167,7 @@ class Agent(nn.Module):
             in_dim = int(np.prod(space.shape[:-1])) * 20
         else:
             in_dim = int(np.prod(space.shape))
+        in_dim += num_stages
         self.critic = nn.Sequential(
             layer_init(nn.Linear(in_dim, 64)),
             nn.Tanh(),
@@ -178,23 +183,25 @@ class Agent(nn.Module):
             layer_init(nn.Linear(64, envs.single_action_space.n), std=0.01),
         )
 
-    def features(self, x):
+    def features(self, x, stage=None):
         if self.flat:
-            return x
-        if self.minigrid:
+            h = x
+        elif self.minigrid:
             idx = (x.long().clamp(max=10) + self.offsets).flatten(1, 2)  # (B, cells, 3) indices into 20 slots
             onehot = torch.zeros(idx.shape[0], idx.shape[1], 20, device=x.device)
-            return onehot.scatter_(2, idx, 1.0).flatten(1)
-        return x.flatten(1)
+            h = onehot.scatter_(2, idx, 1.0).flatten(1)
+        else:
+            h = x.flatten(1)
+        return h if stage is None else torch.cat([h, stage], 1)
 
     def forward(self, x):
         return self.actor(self.features(x))  # action logits (what the saved TorchScript policy computes)
 
-    def get_value(self, x):
-        return self.critic(self.features(x))
+    def get_value(self, x, stage=None):
+        return self.critic(self.features(x, stage))
 
-    def get_action_and_value(self, x, action=None):
-        h = x if self.flat else self.features(x)
+    def get_action_and_value(self, x, action=None, stage=None):
+        h = self.features(x, stage)
         logits = self.actor(h)
         probs = Categorical(logits=logits)
         if action is None:
@@ -244,9 +251,6 @@ if __name__ == "__main__":
     )
     assert isinstance(envs.single_action_space, gym.spaces.Discrete), "only discrete action space is supported"
 
-    agent = Agent(envs).to(device)
-    optimizer = optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
-
     # ALGO Logic: Storage setup
     obs = torch.zeros((args.num_steps, args.num_envs) + envs.single_observation_space.shape).to(device)
     actions = torch.zeros((args.num_steps, args.num_envs) + envs.single_action_space.shape).to(device)
@@ -257,6 +261,8 @@ if __name__ == "__main__":
     dones = np.zeros((args.num_steps, args.num_envs), dtype=np.float32)  # ended by termination or truncation
     valid = np.zeros((args.num_steps, args.num_envs), dtype=bool)  # False on gymnasium 1.x's autoreset steps
     values = torch.zeros((args.num_steps, args.num_envs)).to(device)
+    if args.subtask_obs and args.reward != "vlmcar":
+        raise SystemExit("error: --subtask-obs needs --reward vlmcar: the policy sees the program's progress")
 
     # TRY NOT TO MODIFY: start the game
     global_step = 0
@@ -269,6 +275,13 @@ if __name__ == "__main__":
         writer.close()
         shutil.rmtree(f"runs/{run_name}", ignore_errors=True)
         raise SystemExit(f"error: {e}")
+    # VLM-CaR (--subtask-obs): the policy's extra input, the next sub-task one-hot (all done = the last slot)
+    num_stages = reward_hook.num_subtasks + 1 if args.subtask_obs else 0
+    stages = torch.zeros((args.num_steps, args.num_envs, num_stages)).to(device)
+    next_stage = nn.functional.one_hot(torch.as_tensor(reward_hook.next_subtask), num_stages).float().to(device) \
+        if args.subtask_obs else None
+    agent = Agent(envs, num_stages).to(device)  # built once the hook knows the program's sub-tasks
+    optimizer = optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
     next_obs = torch.Tensor(next_obs).to(device)
     next_done = np.zeros(args.num_envs, dtype=bool)
 
@@ -282,13 +295,15 @@ if __name__ == "__main__":
         for step in range(0, args.num_steps):
             global_step += args.num_envs
             obs[step] = next_obs
+            if args.subtask_obs:
+                stages[step] = next_stage
             # next-step autoreset: an env that ended on the previous step is reset on this one; its action is
             # ignored, so the transition is not learned from
             valid[step] = ~next_done
 
             # ALGO LOGIC: action logic
             with torch.no_grad():
-                action, logprob, _, value = agent.get_action_and_value(next_obs)
+                action, logprob, _, value = agent.get_action_and_value(next_obs, stage=next_stage)
                 values[step] = value.flatten()
             actions[step] = action
             logprobs[step] = logprob
@@ -297,7 +312,11 @@ if __name__ == "__main__":
             next_obs, reward, terminations, truncations, infos = envs.step(action.cpu().numpy())
             # VLM-CaR: the verified reward hook. This step's views go to the program's confined worker, which checks
             # them while the rollout goes on; the shaped rewards come back after the rollout (flush)
-            reward_hook.submit(reward, terminations, truncations, infos, next_obs)
+            if not args.subtask_obs:
+                reward_hook.submit(reward, terminations, truncations, infos, next_obs)
+            else:  # the next action depends on the program's answer: wait for it
+                rewards[step] = reward_hook.step(reward, terminations, truncations, infos, obs=next_obs)
+                next_stage = nn.functional.one_hot(torch.as_tensor(reward_hook.next_subtask), num_stages).float()
             next_done = np.logical_or(terminations, truncations)
             terms[step], dones[step] = terminations, next_done
             next_obs = torch.Tensor(next_obs).to(device)
@@ -307,14 +326,15 @@ if __name__ == "__main__":
                     writer.add_scalar("charts/episodic_return", infos["episode"]["r"][i], global_step)
                     writer.add_scalar("charts/episodic_length", infos["episode"]["l"][i], global_step)
 
-        rewards[:] = reward_hook.flush()  # VLM-CaR: env reward + verified sub-task bonuses of every rollout step
+        if not args.subtask_obs:
+            rewards[:] = reward_hook.flush()  # VLM-CaR: env reward + verified sub-task bonuses of every rollout step
 
         # bootstrap value if not done
         rewards_t = torch.from_numpy(rewards).to(device)
         nonterminal = torch.from_numpy(1.0 - terms).to(device)
         notdone = torch.from_numpy(1.0 - dones).to(device)
         with torch.no_grad():
-            next_value = agent.get_value(next_obs).reshape(1, -1)
+            next_value = agent.get_value(next_obs, next_stage).reshape(1, -1)
             advantages = torch.zeros_like(rewards_t)
             lastgaelam = 0
             for t in reversed(range(args.num_steps)):
@@ -333,6 +353,7 @@ if __name__ == "__main__":
         b_advantages = advantages.reshape(-1)[keep]
         b_returns = returns.reshape(-1)[keep]
         b_values = values.reshape(-1)[keep]
+        b_stages = stages.reshape(-1, num_stages)[keep] if args.subtask_obs else None
 
         # Optimizing the policy and value network
         b_inds = np.arange(len(b_obs))
@@ -341,7 +362,9 @@ if __name__ == "__main__":
             np.random.shuffle(b_inds)
             for mb_inds in np.array_split(b_inds, args.num_minibatches):  # the batch size varies with the mask
 
-                _, newlogprob, entropy, newvalue = agent.get_action_and_value(b_obs[mb_inds], b_actions.long()[mb_inds])
+                _, newlogprob, entropy, newvalue = agent.get_action_and_value(
+                    b_obs[mb_inds], b_actions.long()[mb_inds], None if b_stages is None else b_stages[mb_inds]
+                )
                 logratio = newlogprob - b_logprobs[mb_inds]
                 ratio = logratio.exp()
 
@@ -407,9 +430,11 @@ if __name__ == "__main__":
     if args.save_model:
         model_path = f"runs/{run_name}/{args.exp_name}.cleanrl_model"
         torch.save(agent.state_dict(), model_path)
-        # a TorchScript copy (observation -> action logits) that loads without this file's classes
-        example = torch.zeros((1,) + envs.single_observation_space.shape)
-        torch.jit.trace(agent.cpu(), example).save(f"runs/{run_name}/policy.pt")
+        # a TorchScript copy (observation -> action logits) that loads without this file's classes; not with
+        # --subtask-obs, whose policy also needs the program's progress, which only the reward hook computes
+        if not args.subtask_obs:
+            example = torch.zeros((1,) + envs.single_observation_space.shape)
+            torch.jit.trace(agent.cpu(), example).save(f"runs/{run_name}/policy.pt")
         print(f"model saved to {model_path}")
 
     reward_hook.close()  # VLM-CaR: stop the confined program worker

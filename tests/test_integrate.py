@@ -51,6 +51,8 @@ def test_scripted_episode_gets_bonuses_at_expected_steps():
             np.testing.assert_allclose(hook.bonus, 0.0)
         np.testing.assert_allclose(shaped, reward + hook.bonus, rtol=1e-6)
         np.testing.assert_allclose(hook.env_reward, reward)
+        # what ppo_vlmcar.py --subtask-obs shows the policy: the sub-tasks completed so far in this episode
+        assert hook.next_subtask.tolist() == [sum(s <= t for s in EXPECTED_STEPS)] * 2, t
     assert term.all() and (reward > 0).all()
     assert [(e.env_index, e.subtasks_completed, e.task_completed, e.length) for e in hook.episodes] == \
         [(0, 3, True, 17), (1, 3, True, 17)]

@@ -58,6 +58,27 @@ def test_cartpole_sparse_and_save_model(tmp_path):
     assert "charts/episodic_return" in scalars(run_dir)
 
 
+def test_subtask_obs_feeds_the_programs_progress_to_the_policy(tmp_path):
+    import torch
+
+    r = run(["--env-id", "MiniGrid-KeyCorridorS3R1-v0", "--subtask-obs", "--save-model", "--seed", "3", *TINY],
+            tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    run_dir = only_run(tmp_path)
+    weights = torch.load(run_dir / "ppo_vlmcar.cleanrl_model")
+    extra = weights["actor.0.weight"].shape[1] - 7 * 7 * 20  # the one-hot view + the next sub-task, one-hot
+    assert extra == weights["critic.0.weight"].shape[1] - 7 * 7 * 20
+    tags = scalars(run_dir)
+    subtasks = sum(t.startswith("vlmcar/subtask_") and t.endswith("_rate") for t in tags)
+    assert subtasks >= 1 and extra == subtasks + 1  # sub-tasks 0..K-1 next, or all done
+    # bonuses were paid through the synchronous path: shaped returns exceed the env's returns somewhere
+    diffs = [s - e for s, e in zip(tags["charts/shaped_return"], tags["charts/episodic_return"])]
+    assert max(diffs) >= 1.0 - 1e-6
+    assert not (run_dir / "policy.pt").exists()  # the policy needs the progress: no observation-only TorchScript
+    r = run(["--env-id", "MiniGrid-KeyCorridorS3R1-v0", "--subtask-obs", "--reward", "sparse", *TINY], tmp_path)
+    assert r.returncode != 0 and "--subtask-obs needs --reward vlmcar" in r.stderr
+
+
 def test_vlmcar_on_unsupported_env_says_use_sparse(tmp_path):
     r = run(["--env-id", "CartPole-v1", *TINY], tmp_path)
     assert r.returncode != 0
