@@ -1,6 +1,6 @@
 """The confined worker: the only place where a reward program's code ever runs.
 
-Started by `cleanrl_vlmcar.confine.ProgramWorker` as a fresh interpreter (``python -I``, empty environment, its own
+Started by `cleanrl_vlmcar.confine.ProgramWorker` as a fresh interpreter (``python -s -P``, empty environment, its own
 session, no terminal), it imports what programs may use, warms up numpy's lazily imported parts, then confines
 itself before it reads the program:
 
@@ -118,6 +118,26 @@ _libc = ctypes.CDLL(None, use_errno=True)
 PR_SET_PDEATHSIG, PR_SET_NO_NEW_PRIVS, PR_CAPBSET_DROP, PR_CAP_AMBIENT = 1, 38, 24, 47
 
 
+NOBODY = 65534
+
+
+def _drop_root() -> int:
+    """Started as root (containers, CI): become nobody, so that the kernel's own permission checks (files the
+    learner owns, signals, scheduling) refuse what the other layers might miss. A change of user clears the
+    parent-death signal, so it is set again. Returns the user id the worker runs as."""
+    if os.geteuid() == 0:
+        try:
+            os.setgroups([])
+            os.setresgid(NOBODY, NOBODY, NOBODY)
+            os.setresuid(NOBODY, NOBODY, NOBODY)
+        except OSError:
+            pass
+        _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() == 1:  # the learner died in between
+            os._exit(1)
+    return os.geteuid()
+
+
 def _drop_capabilities() -> bool:
     for cap in range(64):  # the bounding set, then ambient, permitted, effective, inheritable
         _libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0)
@@ -137,9 +157,28 @@ def _landlock() -> int:
         ruleset = landlock.Ruleset()  # handles every access right of this ABI, allows none
         ruleset.apply()
         os.close(ruleset._fd)  # the binding keeps it open; the restriction stays
+        if abi >= 6:
+            _landlock_scopes()
         return int(abi)
     except Exception:  # noqa: BLE001 - no Landlock in this kernel or no binding: reported to the parent
         return 0
+
+
+LANDLOCK_CREATE_RULESET, LANDLOCK_RESTRICT_SELF = 444, 446  # the same numbers on every architecture
+LANDLOCK_SCOPE_ABSTRACT_UNIX_SOCKET, LANDLOCK_SCOPE_SIGNAL = 1, 2
+
+
+def _landlock_scopes() -> bool:
+    """Landlock ABI 6's scopes (the binding has no call for them): no signal, including the kernel's I/O signals
+    (F_SETOWN), to any process outside this worker, and no abstract unix socket outside it."""
+    attr = (ctypes.c_uint64 * 3)(0, 0, LANDLOCK_SCOPE_ABSTRACT_UNIX_SOCKET | LANDLOCK_SCOPE_SIGNAL)
+    fd = _libc.syscall(LANDLOCK_CREATE_RULESET, ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr)), 0)
+    if fd < 0:
+        return False
+    try:
+        return _libc.syscall(LANDLOCK_RESTRICT_SELF, fd, 0) == 0
+    finally:
+        os.close(fd)
 
 
 #: refused outright (EPERM)
@@ -153,7 +192,30 @@ DENIED_SYSCALLS = (
     "kexec_load", "kexec_file_load", "reboot", "swapon", "swapoff", "setrlimit", "personality", "memfd_create",
     "setuid", "setgid", "setreuid", "setregid", "setresuid", "setresgid", "setgroups", "capset", "acct",
     "quotactl", "syslog", "vhangup", "iopl", "ioperm", "mbind", "migrate_pages", "move_pages",
+    # System V and POSIX IPC: state shared between workers (verification -> training), memory outside the rlimit
+    "shmget", "shmat", "shmctl", "shmdt", "msgget", "msgsnd", "msgrcv", "msgctl", "semget", "semop", "semtimedop",
+    "semctl", "ipc", "mq_open", "mq_unlink", "mq_timedsend", "mq_timedreceive", "mq_notify", "mq_getsetattr",
+    # file metadata (Landlock has no right for it): mode, owner, times, extended attributes; paths looked up
+    "chmod", "fchmod", "fchmodat", "fchmodat2", "chown", "fchown", "lchown", "fchownat", "utime", "utimes",
+    "futimesat", "utimensat", "setxattr", "lsetxattr", "fsetxattr", "removexattr", "lremovexattr",
+    "fremovexattr", "getxattr", "lgetxattr", "listxattr", "llistxattr", "stat", "lstat", "newfstatat", "statx",
+    "access", "faccessat", "faccessat2", "readlink", "readlinkat", "truncate", "inotify_init", "inotify_init1",
+    "fanotify_init", "link", "linkat", "symlink", "symlinkat", "unlink", "unlinkat", "rename", "renameat",
+    "renameat2", "mkdir", "mkdirat", "mknod", "mknodat", "rmdir", "chdir", "fchdir",
+    # other processes' scheduling and memory; its own session and process group stay as the learner made them
+    "process_madvise", "process_mrelease", "get_robust_list", "setsid", "setpgid", "sched_setaffinity",
+    "sched_setscheduler", "sched_setparam", "sched_setattr", "setpriority", "ioprio_set",
 )
+#: fcntl commands refused: F_SETOWN, F_SETSIG, F_SETOWN_EX (the kernel would signal any process of the user on
+#: I/O), F_SETLEASE, F_NOTIFY, F_SETPIPE_SZ (shrinking the pipe the learner writes to)
+DENIED_FCNTL = (8, 10, 15, 1024, 1026, 1031)
+F_SETFL, O_ASYNC = 4, 0o20000
+#: prctl options refused: PR_SET_PDEATHSIG (outliving the learner), PR_SET_MM, PR_SET_CHILD_SUBREAPER,
+#: PR_SET_PTRACER
+DENIED_PRCTL = (1, 35, 36, 0x59616D61)
+#: ioctls refused: TIOCSTI, TIOCLINUX (terminal input injection), FIOASYNC, FIOSETOWN, SIOCSPGRP (I/O signals)
+DENIED_IOCTL = (0x5412, 0x541C, 0x5452, 0x8901, 0x8902)
+LOW32 = 0xFFFFFFFF
 
 
 def _seccomp_filter():
@@ -174,10 +236,16 @@ def _seccomp_filter():
         f.add_rule(deny, "tgkill", sc.Arg(0, sc.NE, pid))
         f.add_rule(deny, "rt_sigqueueinfo", sc.Arg(0, sc.NE, pid))
         f.add_rule(deny, "rt_tgsigqueueinfo", sc.Arg(0, sc.NE, pid))
-        # rlimits may be read, never set; no terminal input injection
+        # rlimits may be read, never set
         f.add_rule(deny, "prlimit64", sc.Arg(2, sc.NE, 0))
-        f.add_rule(deny, "ioctl", sc.Arg(1, sc.EQ, 0x5412))  # TIOCSTI
-        f.add_rule(deny, "ioctl", sc.Arg(1, sc.EQ, 0x541C))  # TIOCLINUX
+        for cmd in DENIED_IOCTL:
+            f.add_rule(deny, "ioctl", sc.Arg(1, sc.MASKED_EQ, LOW32, cmd))
+        # the kernel reads these arguments as 32-bit ints: compare the low 32 bits, or high bits would slip past
+        for cmd in DENIED_FCNTL:
+            f.add_rule(deny, "fcntl", sc.Arg(1, sc.MASKED_EQ, LOW32, cmd))
+        f.add_rule(deny, "fcntl", sc.Arg(1, sc.MASKED_EQ, LOW32, F_SETFL), sc.Arg(2, sc.MASKED_EQ, O_ASYNC, O_ASYNC))
+        for option in DENIED_PRCTL:
+            f.add_rule(deny, "prctl", sc.Arg(0, sc.MASKED_EQ, LOW32, option))
         return f
     except Exception:  # noqa: BLE001 - no libseccomp: reported to the parent
         return None
@@ -229,6 +297,11 @@ def confine(memory_mb: int, cpu_s: int, skip: set[str]) -> dict:
     open_fds = [int(fd) for fd in os.listdir("/proc/self/fd")]
     highest_fd = max(fd for fd in open_fds if fd != max(open_fds))  # the last one was listdir's own
     seccomp_filter = None if "seccomp" in skip else _seccomp_filter()
+    try:  # imported now: the user the worker becomes may not read the site-packages
+        import landlock  # noqa: F401
+    except ImportError:
+        pass
+    status["user"] = os.geteuid() if "user" in skip else _drop_root()
     status["no_new_privs"] = _libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0
     status["capabilities_dropped"] = _drop_capabilities()
     status["landlock_abi"] = 0 if "landlock" in skip else _landlock()

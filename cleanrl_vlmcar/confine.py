@@ -1,8 +1,8 @@
 """Confine: the one boundary around generated code. Every execution of a reward program (verify, evaluate,
 synthesize, training) happens in a `ProgramWorker`, a separate process that this module starts and talks to.
 
-The worker (`cleanrl_vlmcar._worker`) is a fresh interpreter (``python -I``; not a fork of the learner, whose
-memory and keys it would copy), started with an empty environment (only thread-count variables), in its own
+The worker (`cleanrl_vlmcar._worker`) is a fresh interpreter (``python -s -P``, PYTHONHASHSEED=0; not a fork of
+the learner, whose memory and keys it would copy), started with an empty environment (only thread-count variables), in its own
 session (Ctrl-C in the terminal does not reach it), with stderr sent to /dev/null once it has booted. Before it
 reads the program it confines itself: rlimits (memory, CPU time, no new files, file size 0), no new privileges,
 all capabilities dropped, Landlock with no filesystem access, and a seccomp filter refusing execve, new processes,
@@ -50,6 +50,10 @@ DEFAULT_CPU_S = 3600  # the worker's CPU-time rlimit; a worker that reaches it i
 STARTUP_TIMEOUT_S = 60.0
 LOAD_TIMEOUT_S = 30.0
 MAX_JSON_REPLY = 16 << 20
+#: what the learner keeps of the worker's output before it is asked for: a reply and the queued steps' answers
+MAX_BUFFERED = 2 * MAX_JSON_REPLY
+#: one wait in select, at most (the loops around it check their deadlines; a huge timeout overflows select)
+MAX_WAIT_S = 60.0
 F_SETPIPE_SZ = 1031  # fcntl: set a pipe's capacity (Linux)
 #: capacity asked for the request pipe (Linux allows unprivileged processes up to /proc/sys/fs/pipe-max-size, 1 MiB)
 PIPE_BYTES = 1 << 20
@@ -267,8 +271,12 @@ class ProgramWorker:
                            "shm": ring.fd if ring is not None else -1, "shm_bytes": ring.size if ring else 0})
         env = {k: os.environ[k] for k in _ENV_KEEP if k in os.environ}
         env.update(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
+        # one string hash seed for every worker: a set's order (and anything built on it) is the same in
+        # verification and in training. `-s -P` are `-I` without `-E`, which would ignore this variable; the
+        # environment holds nothing else a Python start reads
+        env["PYTHONHASHSEED"] = "0"
         try:
-            self.proc = subprocess.Popen([sys.executable, "-I", "-c", _BOOT, paths, opts], stdin=subprocess.PIPE,
+            self.proc = subprocess.Popen([sys.executable, "-s", "-P", "-c", _BOOT, paths, opts], stdin=subprocess.PIPE,
                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd="/",
                                          start_new_session=True, close_fds=True,
                                          pass_fds=(bell_r,) if ring is None else (bell_r, ring.fd))
@@ -345,6 +353,7 @@ class ProgramWorker:
 
     def kill(self) -> None:
         self._queue = deque()
+        self._buf = bytearray()
         self._gathered = []  # steps `send_step` gathered and did not send yet
         self._shm_live = False
         if self._shm is not None:  # what a dead worker had not read is never read
@@ -411,7 +420,7 @@ class ProgramWorker:
             if remaining <= 0:
                 raise self._fail("timeout", "the program worker stopped reading its requests")
             self._ring()  # the request pipe is full: the worker takes it in now
-            readable, _, _ = select.select([self._r], [self._w], [], remaining)
+            readable, _, _ = select.select([self._r], [self._w], [], min(remaining, MAX_WAIT_S))
             if readable:  # take its replies in meanwhile, or a worker blocked on a full reply pipe never reads
                 self._take_in()
 
@@ -427,11 +436,14 @@ class ProgramWorker:
             pass
 
     def _take_in(self) -> None:
-        """Keep what the worker has written (non-blocking; a dead worker shows in the next write or read)."""
+        """Keep what the worker has written (non-blocking; a dead worker shows in the next write or read). More
+        than any answer in flight can need is a worker flooding the learner's memory: a protocol failure."""
         try:
             self._buf += os.read(self._r, 1 << 20)
         except OSError:  # BlockingIOError included: nothing there yet
             pass
+        if len(self._buf) > MAX_BUFFERED:
+            raise self._fail("protocol", f"the program worker wrote more than {MAX_BUFFERED} bytes unasked")
 
     def _read(self, n: int, deadline: float) -> bytes:
         buf = self._buf
@@ -443,7 +455,7 @@ class ProgramWorker:
                 if remaining <= 0:
                     raise self._fail("timeout", "the program did not answer in time") from None
                 self._ring()  # the worker may be asleep with the request in its pipe
-                select.select([self._r], [], [], remaining)
+                select.select([self._r], [], [], min(remaining, MAX_WAIT_S))
                 continue
             except OSError:
                 chunk = b""
@@ -474,11 +486,12 @@ class ProgramWorker:
         """Walk one recorded episode (`views[0]` the reset view) with the hook's in-order rule, verification's
         accounting: exceptions surface (counted, first tracebacks kept) instead of being silently False."""
         self._no_steps_in_flight()
-        deadline = time.monotonic() + timeout_s
+        began = time.monotonic()
+        deadline = began + timeout_s
         self._send({"op": "walk", "views": [pack(v) for v in views], "progress": bool(progress)}, deadline)
         reply = self._recv_json(deadline)
-        try:
-            return _walk_result(reply, self.program.num_subtasks, len(views))
+        try:  # the check times it reports cannot exceed the walk's wall time, measured here
+            return _walk_result(reply, self.program.num_subtasks, len(views), time.monotonic() - began)
         except (ValueError, TypeError, KeyError):
             raise self._fail("protocol", "the program worker sent an invalid walk result") from None
 
@@ -606,7 +619,7 @@ def _reject_constant(name: str):
     raise ValueError(f"non-finite number {name} in a worker reply")
 
 
-def _walk_result(d: Any, K: int, T: int) -> WalkResult:
+def _walk_result(d: Any, K: int, T: int, max_seconds: float = math.inf) -> WalkResult:
     """Validate a walk reply against the episode it was asked about; ValueError when anything is off."""
     if not isinstance(d, dict):
         raise ValueError("not an object")
@@ -623,9 +636,9 @@ def _walk_result(d: Any, K: int, T: int) -> WalkResult:
             raise ValueError("step out of range")
         previous = s
 
-    def counts(key: str, integer: bool) -> list:
+    def counts(key: str, integer: bool, hi: float = math.inf) -> list:
         v = d[key]
-        if not isinstance(v, list) or len(v) != K or not all(_number(x, integer=integer) for x in v):
+        if not isinstance(v, list) or len(v) != K or not all(_number(x, 0, hi, integer=integer) for x in v):
             raise ValueError(key)
         return v
 
@@ -641,7 +654,7 @@ def _walk_result(d: Any, K: int, T: int) -> WalkResult:
             out.append((item[0], sanitize(item[1], MAX_TEXT)))
         return out
 
-    return WalkResult(steps=steps, seconds=[float(x) for x in counts("seconds", False)],
+    return WalkResult(steps=steps, seconds=[float(x) for x in counts("seconds", False, max_seconds)],
                       calls=counts("calls", True), exceptions=counts("exceptions", True),
                       exception_examples=examples("exception_examples"),
                       progress_problems=counts("progress_problems", True),

@@ -129,6 +129,7 @@ class EpisodeProgress:
 
 MIN_DEADLINE_S = 2.0
 DEADLINE_FACTOR = 100.0
+MAX_DEADLINE_S = 60.0
 
 
 class ProgramRunner:
@@ -154,6 +155,10 @@ class ProgramRunner:
         if deadline_s is None:  # from the verified check cost when the cache entry recorded it
             per_step = num_envs * program.num_subtasks * (program.us_per_check or 0.0) * 1e-6
             deadline_s = max(MIN_DEADLINE_S, DEADLINE_FACTOR * per_step)
+        # a cache entry's recorded cost is data: never let it (or a caller) make the learner wait without end
+        deadline_s = min(float(deadline_s), MAX_DEADLINE_S)
+        if not deadline_s > 0:
+            raise UsageError(f"the reward hook's deadline must be positive, not {deadline_s}")
         self.deadline_s, self.max_failed_replies = float(deadline_s), max_failed_replies
         self.worker = ProgramWorker(program, require_confinement=require_confinement, memory_mb=memory_mb)
         self.starts: list[Any] = [None] * num_envs

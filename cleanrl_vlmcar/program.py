@@ -69,12 +69,23 @@ FORBIDDEN_ATTRIBUTES = {
     "seterr", "seterrcall", "setbufsize", "set_printoptions", "set_string_function", "setflags", "flags",
     # numpy's module-level mutable containers (writing into one would keep state between calls)
     "sctypeDict", "typecodes",
+    # uninitialised memory: numpy hands back the block an earlier call wrote, a counter across calls
+    "empty", "empty_like", "recarray", "chararray",
+    # the clock (a time bomb passes verification and fires in training) and other state read from outside
+    "datetime64", "timedelta64", "datetime_as_string", "datetime_data", "busday_count", "busday_offset",
+    "is_busday", "busdaycalendar", "printoptions", "get_printoptions", "getbufsize", "geterr", "geterrcall",
+    "gen",
     # string formatting can read attributes: "{0.__class__}".format(x)
     "format", "format_map",
     # frames, code objects and tracebacks lead to the host's globals
     "gi_frame", "gi_code", "gi_yieldfrom", "cr_frame", "cr_code", "ag_frame", "ag_code", "f_back", "f_globals",
     "f_locals", "f_builtins", "f_code", "tb_frame", "tb_next", "func_globals", "mro", "im_func", "im_self",
 }
+
+#: `np.ndarray` may only be the class in `isinstance(x, np.ndarray)`: called, it returns uninitialised memory
+ISINSTANCE_ONLY = {"ndarray"}
+#: string constants that make numpy read the clock ("now", "today") or name a datetime dtype ("M8[s]", "m8")
+CLOCK_STRING = re.compile(r"^\s*(now|today)\s*$|^[<>=|]?[Mm]8?(\[\w*\])?$|datetime|timedelta", re.IGNORECASE)
 
 #: names that always mean what the worker binds: never rebound by a program
 RESERVED_NAMES = {"np", "math", "SUBTASKS"}
@@ -150,6 +161,7 @@ class _SafetyVisitor(ast.NodeVisitor):
         self.docstrings = docstrings  # ids of docstring constants, which may mention dunders freely
         self.reserved = reserved
         self.scopes: list[tuple[set[str], set[str]]] = []  # (locals, parameters) of the enclosing functions
+        self.isinstance_classes: set[int] = set()  # ids of the class expressions of isinstance calls
 
     def _bad(self, node: ast.AST, reason: str) -> None:
         self.problems.append((getattr(node, "lineno", 0), reason))
@@ -180,8 +192,17 @@ class _SafetyVisitor(ast.NodeVisitor):
         elif node.attr.startswith("_"):
             self._bad(node, f"private attribute '.{node.attr}' is not allowed")
         elif node.attr in FORBIDDEN_ATTRIBUTES:
-            self._bad(node, f"attribute '.{node.attr}' is not allowed (file, foreign-code, interpreter or "
-                      "process-wide state)")
+            self._bad(node, f"attribute '.{node.attr}' is not allowed (file, foreign-code, interpreter, clock or "
+                      "process-wide state, or uninitialised memory)")
+        elif node.attr in ISINSTANCE_ONLY and id(node) not in self.isinstance_classes:
+            self._bad(node, f"'.{node.attr}' may only be used as the class in isinstance(x, np.{node.attr})")
+        self.generic_visit(node)
+
+    def visit_Call(self, node: ast.Call) -> None:
+        if isinstance(node.func, ast.Name) and node.func.id == "isinstance" and len(node.args) == 2:
+            classes = node.args[1]
+            for c in classes.elts if isinstance(classes, ast.Tuple) else [classes]:
+                self.isinstance_classes.add(id(c))
         self.generic_visit(node)
 
     def visit_arg(self, node: ast.arg) -> None:
@@ -199,6 +220,9 @@ class _SafetyVisitor(ast.NodeVisitor):
     def visit_Constant(self, node: ast.Constant) -> None:
         if isinstance(node.value, str) and "__" in node.value and id(node) not in self.docstrings:
             self._bad(node, "string constants may not contain a double underscore")
+        if isinstance(node.value, str) and id(node) not in self.docstrings and CLOCK_STRING.search(node.value):
+            self._bad(node, f"the string {node.value[:40]!r} could make numpy read the clock or build a datetime: "
+                      "a program must answer the same on every call")
         if isinstance(node.value, bytes):
             self._bad(node, "bytes literals are not allowed")
 

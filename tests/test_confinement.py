@@ -357,7 +357,7 @@ from cleanrl_vlmcar import _worker
 canary, out, mode = sys.argv[2], sys.argv[3], sys.argv[4]
 _worker._warm_up()
 libc = ctypes.CDLL(None, use_errno=True)
-status = _worker.confine(256, 10, {"landlock", "seccomp", "nofile"} if mode == "control" else set())
+status = _worker.confine(256, 10, {"landlock", "seccomp", "nofile", "user"} if mode == "control" else set())
 res = {"status": status}
 
 def attempt(name, fn):
@@ -407,6 +407,25 @@ if mode == "attack":
     attempt("allocate_1_gb", lambda: len(bytearray(1 << 30)))
     attempt("pipe", lambda: os.pipe())
     attempt("dup", lambda: os.dup(0))
+    # signals the kernel sends on I/O to any process of the user (F_SETOWN + O_ASYNC / F_SETSIG)
+    attempt("fcntl_setown_parent", lambda: raise_errno(libc.fcntl(0, 8, os.getppid())))
+    attempt("fcntl_setsig", lambda: raise_errno(libc.fcntl(0, 10, 9)))
+    attempt("fcntl_set_async", lambda: raise_errno(libc.fcntl(0, 4, os.O_NONBLOCK | 0o20000)))
+    attempt("ioctl_fioasync", lambda: raise_errno(libc.ioctl(0, 0x5452, ctypes.byref(ctypes.c_int(1)))))
+    attempt("fcntl_shrink_pipe", lambda: raise_errno(libc.fcntl(1, 1031, 4096)))
+    if os.uname().machine == "x86_64":  # the command in the high bits too: the kernel reads only the low 32
+        attempt("fcntl_setown_high_bits", lambda: raise_errno(libc.syscall(72, 0, 8 | (1 << 32), os.getppid())))
+    attempt("clear_parent_death_signal", lambda: raise_errno(libc.prctl(1, 0, 0, 0, 0)))
+    # System V shared memory: state between workers, memory outside the rlimit
+    attempt("sysv_shmget", lambda: raise_errno(libc.shmget(0x5EC, 4096, 0o1000 | 0o600)))
+    attempt("sysv_msgget", lambda: raise_errno(libc.msgget(0x5EC, 0o1000 | 0o600)))
+    # file metadata, which Landlock does not cover
+    attempt("chmod_canary", lambda: os.chmod(canary, 0))
+    attempt("utime_canary", lambda: os.utime(canary, (0, 0)))
+    attempt("stat_canary", lambda: os.stat(canary).st_size)
+    # other processes' scheduling
+    attempt("renice_parent", lambda: os.setpriority(os.PRIO_PROCESS, os.getppid(), 19))
+    attempt("pin_parent", lambda: os.sched_setaffinity(os.getppid(), {0}))
     res["rlimits"] = {n: resource.getrlimit(getattr(resource, n)) for n in
                       ("RLIMIT_AS", "RLIMIT_FSIZE", "RLIMIT_NOFILE", "RLIMIT_CORE", "RLIMIT_CPU")}
 sys.stdout.write(json.dumps(res) + "\n")
@@ -459,6 +478,27 @@ def test_confined_code_cannot_change_the_filesystem(probe, name):
     assert probe["res"][name].startswith("FAIL"), probe["res"][name]
     assert sorted(os.listdir(probe["out"])) == []
     assert probe["secret"].read_text() == CANARY
+
+
+@pytest.mark.parametrize("name", ["fcntl_setown_parent", "fcntl_setsig", "fcntl_set_async", "ioctl_fioasync",
+                                  "fcntl_shrink_pipe", "fcntl_setown_high_bits", "clear_parent_death_signal",
+                                  "sysv_shmget", "sysv_msgget", "chmod_canary", "utime_canary", "stat_canary",
+                                  "renice_parent", "pin_parent"])
+def test_confined_code_cannot_signal_outlive_share_or_touch_metadata(probe, name):
+    """seccomp (and Landlock's signal scope, and the nobody user): no I/O signals to the learner, no clearing of
+    the parent-death signal, no System V IPC, no change or look at file metadata, no other process's scheduling."""
+    if name not in probe["res"]:
+        pytest.skip(f"{name} is probed on x86_64 only")
+    assert probe["res"][name].startswith("FAIL"), probe["res"][name]
+    mode = probe["secret"].stat()
+    assert mode.st_mode & 0o777 != 0 and mode.st_mtime > 0
+
+
+def test_worker_started_as_root_runs_as_nobody(probe):
+    """Started by root (containers, CI), the worker becomes nobody before it confines itself."""
+    if os.geteuid() != 0:
+        pytest.skip("not running as root")
+    assert probe["res"]["status"]["user"] == 65534
 
 
 @pytest.mark.parametrize("name", ["os_system", "fork", "ctypes_execve"])
@@ -595,9 +635,10 @@ def test_worker_call_contains_hostile_checks(multi_worker, name, kind):
     k = ATTACK_NAMES.index(name)
     if not multi_worker.alive:
         multi_worker.start()
+    timeout = 2.0 if name == "hang" else 10.0  # a crash or an error comes well before it (seconds on a busy machine)
     t0 = time.monotonic()
     try:
-        value, error = multi_worker.call(kind, k, {"x": 1.0}, {"x": 0.0}, timeout_s=2.0)
+        value, error = multi_worker.call(kind, k, {"x": 1.0}, {"x": 0.0}, timeout_s=timeout)
     except WorkerError as e:
         seconds = time.monotonic() - t0
         assert (name, e.kind) in {("hang", "timeout"), ("segfault", "crash")}, (name, e.kind, str(e))
@@ -612,7 +653,7 @@ def test_worker_call_contains_hostile_checks(multi_worker, name, kind):
             assert "MemoryError" in error
         if name == "repr_deep_list":
             assert "RecursionError" in error
-    assert seconds < 2.0 + 1.5
+    assert seconds < timeout + 1.5
     # the worker answers normally afterwards
     assert multi_worker.call("subtask", ATTACK_NAMES.index("raise_big_int"), {}, {}, timeout_s=2.0)[0] is None
 
@@ -621,7 +662,8 @@ def test_worker_call_contains_hostile_checks(multi_worker, name, kind):
 @pytest.mark.parametrize("name", ATTACK_NAMES)
 def test_verify_fails_hostile_programs_in_bounded_time(name):
     """verify_program never raises, never passes a hostile program, names the failure, and respects its timeout."""
-    report, seconds = verify(prog(ATTACKS[name]), timeout_s=2.0)
+    timeout = 2.0 if name == "hang" else 8.0  # the others fail on their own, in seconds even on a busy machine
+    report, seconds = verify(prog(ATTACKS[name]), timeout_s=timeout)
     assert not report.passed
     text = report.to_text()
     if name == "hang":
@@ -633,7 +675,7 @@ def test_verify_fails_hostile_programs_in_bounded_time(name):
     else:
         assert report.subtasks[0].exceptions > 0 and "raised" in " ".join(report.reasons), text
         assert report.subtasks[0].first_exception
-    assert seconds < 2.0 + 3.0
+    assert seconds < timeout + 3.0
 
 
 @pytest.mark.slow
@@ -1213,3 +1255,98 @@ def test_a_worker_that_cannot_map_the_ring_gets_frames_through_the_pipe(monkeypa
     with ProgramWorker(program, memory_mb=512) as w:
         assert run_frames(w, steps) == expected
         assert not w._shm_live and (w._shm is None or w._shm.placed == 0)
+
+
+# ==========================================================================================================
+# Found by a red-team pass (session of 2026-12-02, fourth): purity holes in the static check, and the learner's
+# side of the protocol against a worker that lies or floods
+# ==========================================================================================================
+@pytest.mark.parametrize("body", [
+    "a = np.empty(16)\nreturn a[0] == 0",  # numpy's allocation cache hands back the last call's block: a counter
+    "a = np.empty_like(obs['x'])\nreturn a[0] == 0",
+    "a = np.ndarray((4,))\nreturn a[0] == 0",
+    "f = np.ndarray\nreturn f((4,))[0] == 0",
+    "a = np.recarray((2,), dtype=[('x', 'i8')])\nreturn a.x[0] == 0",
+    "return np.datetime64('2030-01-01') < np.datetime64('2029-01-01')",  # a time bomb
+    "return np.array(['now']).astype('M8[s]').astype(int)[0] > 1900000000",
+    "t = np.array('2030-01-01', dtype='datetime64[D]')\nreturn t.astype(int) > 0",
+    "return np.array([' Today ']).size > 1",
+    "p = np.printoptions(precision=3)\nreturn p.gen is None",  # a generator kept alive counts calls
+    "return np.get_printoptions()['precision'] > 8",
+])
+def test_static_check_refuses_uninitialised_memory_and_the_clock(body):
+    with pytest.raises(ProgramError):
+        check_source(prog(body))
+
+
+def test_static_check_still_allows_isinstance_of_ndarray():
+    check_source(prog("x = obs['x']\nreturn isinstance(x, np.ndarray) or isinstance(x, (np.ndarray, list))"))
+    check_source(prog("return len(SUBTASKS) > 0", subtasks='["move on to the next room now"]'))
+
+
+def test_every_worker_iterates_a_set_of_strings_in_the_same_order():
+    """One string hash seed for all workers: a program whose answer depends on a set's order (per-process
+    randomness) answers the same in verification's worker and in training's."""
+    program = load_program(prog("return list({'a', 'b', 'c', 'd', 'e', 'f', 'g', 'h'})[0] == 'abcdefgh'[obs['x']]"))
+    answers = set()
+    for _ in range(4):
+        with ProgramWorker(program, memory_mb=256) as w:
+            answers.add(tuple(w.walk([{"x": 0}] + [{"x": i} for i in range(8)]).steps))
+    assert len(answers) == 1
+
+
+def test_learner_refuses_a_worker_that_floods_it(monkeypatch):
+    """Output the learner did not ask for is bounded: past MAX_BUFFERED bytes the worker is killed (a protocol
+    failure, which the hook counts and survives), and the buffer is freed."""
+    import threading
+
+    from cleanrl_vlmcar import confine
+
+    monkeypatch.setattr(confine, "MAX_BUFFERED", 1 << 20)
+    w = ProgramWorker(load_program(prog("return False")), memory_mb=256)
+    r, wfd = os.pipe()
+    os.set_blocking(r, False)
+    w._r = r  # stands in for a worker's stdout that never stops
+
+    def flood():
+        try:
+            for _ in range(64):
+                os.write(wfd, b"\0" * (1 << 16))
+        except OSError:
+            pass
+
+    t = threading.Thread(target=flood, daemon=True)
+    t.start()
+    with pytest.raises(WorkerError, match="unasked"):
+        for _ in range(10_000):
+            w._take_in()
+            time.sleep(0.001)
+    assert len(w._buf) == 0 and not w.alive
+    os.close(r)
+    t.join(5)
+    os.close(wfd)
+
+
+def test_a_walk_cannot_report_more_check_time_than_it_took():
+    """The check cost a walk reports feeds the training deadline: it is bounded by the wall time the learner
+    measured, so a lying worker cannot make training wait without end."""
+    from cleanrl_vlmcar.confine import _walk_result
+
+    reply = {"steps": [None], "seconds": [1e12], "calls": [3], "exceptions": [0], "exception_examples": [],
+             "progress_problems": [0], "progress_examples": []}
+    with pytest.raises(ValueError):
+        _walk_result(reply, 1, 3, max_seconds=0.5)
+    reply["seconds"] = [0.25]
+    assert _walk_result(reply, 1, 3, max_seconds=0.5).seconds == [0.25]
+
+
+def test_hook_deadline_is_capped_whatever_the_cache_entry_says():
+    from cleanrl_vlmcar.integrate import MAX_DEADLINE_S, ProgramRunner
+
+    program = load_program(prog("return False"))
+    program.us_per_check = 1e12  # a corrupt or hostile cache entry
+    runner = ProgramRunner(program, 2)
+    try:
+        assert runner.deadline_s == MAX_DEADLINE_S
+    finally:
+        runner.worker.close()
