@@ -19,6 +19,7 @@ from torch.distributions.categorical import Categorical
 from torch.utils.tensorboard import SummaryWriter
 
 from cleanrl_vlmcar.errors import VLMCaRError  # VLM-CaR
+from cleanrl_vlmcar.families import import_env_modules  # VLM-CaR: imports the package that registers an env id
 from cleanrl_vlmcar.rewards import make_reward_hook  # VLM-CaR
 
 
@@ -142,6 +143,8 @@ def make_env(env_id, idx, capture_video, run_name):
             env = gym.make(env_id)
         if isinstance(env.observation_space, gym.spaces.Dict) and "image" in env.observation_space.spaces:
             env = minigrid.wrappers.ImgObsWrapper(env)  # the policy sees the agent's own 7x7x3 partial view
+        elif isinstance(env.observation_space, (gym.spaces.Dict, gym.spaces.Tuple)):
+            env = gym.wrappers.FlattenObservation(env)  # other structured observations: one vector
         env = gym.wrappers.RecordEpisodeStatistics(env)
         return env
 
@@ -211,12 +214,49 @@ class Agent(nn.Module):
 
 if __name__ == "__main__":
     args = tyro.cli(Args)
+    for name in ("num_envs", "num_steps", "num_minibatches", "update_epochs"):  # flags that cannot work: say so
+        if getattr(args, name) < 1:
+            raise SystemExit(f"error: --{name.replace('_', '-')} must be at least 1, not {getattr(args, name)}")
     args.batch_size = int(args.num_envs * args.num_steps)
     args.minibatch_size = int(args.batch_size // args.num_minibatches)
     args.num_iterations = args.total_timesteps // args.batch_size
+    if args.num_iterations < 1:
+        raise SystemExit(f"error: --total-timesteps {args.total_timesteps} is less than one rollout (--num-envs x "
+                         f"--num-steps = {args.batch_size}): nothing would be trained")
+    if args.subtask_obs and args.reward != "vlmcar":
+        raise SystemExit("error: --subtask-obs needs --reward vlmcar: the policy sees the program's progress")
     run_name = f"{args.env_id}__{args.exp_name}-{args.reward}__{args.seed}__{int(time.time())}"
+
+    # TRY NOT TO MODIFY: seeding
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    if device.type == "cpu":  # 64-unit MLPs: one thread beats several (measured: 74 vs 1,300 SPS on a busy machine)
+        torch.set_num_threads(args.torch_threads or 1)
+
+    # env setup (before the run folder is made, so a bad env id or action space leaves nothing behind)
+    import_env_modules(args.env_id)
+    try:
+        envs = gym.vector.SyncVectorEnv(
+            [make_env(args.env_id, i, args.capture_video, run_name) for i in range(args.num_envs)],
+        )
+    except gym.error.Error as e:  # an unknown id, a missing dependency (--capture-video needs moviepy), ...
+        raise SystemExit(f"error: cannot create environment {args.env_id!r}: {e} (an env of another package: "
+                         "MODULE:ENV_ID imports MODULE first)")
+    if not isinstance(envs.single_action_space, gym.spaces.Discrete):
+        envs.close()
+        raise SystemExit(f"error: {args.env_id} has {envs.single_action_space} actions; ppo_vlmcar.py needs a "
+                         "discrete action space: use sac_vlmcar.py for continuous actions")
+
     if args.track:
-        import wandb
+        try:
+            import wandb
+        except ImportError:
+            envs.close()
+            raise SystemExit("error: --track needs Weights and Biases: pip install wandb")
 
         wandb.init(
             project=args.wandb_project_name,
@@ -235,22 +275,6 @@ if __name__ == "__main__":
     with open(f"runs/{run_name}/args.json", "w") as f:
         json.dump(asdict(args), f, indent=2)
 
-    # TRY NOT TO MODIFY: seeding
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
-    torch.backends.cudnn.deterministic = args.torch_deterministic
-
-    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
-    if device.type == "cpu":  # 64-unit MLPs: one thread beats several (measured: 74 vs 1,300 SPS on a busy machine)
-        torch.set_num_threads(args.torch_threads or 1)
-
-    # env setup
-    envs = gym.vector.SyncVectorEnv(
-        [make_env(args.env_id, i, args.capture_video, run_name) for i in range(args.num_envs)],
-    )
-    assert isinstance(envs.single_action_space, gym.spaces.Discrete), "only discrete action space is supported"
-
     # ALGO Logic: Storage setup
     obs = torch.zeros((args.num_steps, args.num_envs) + envs.single_observation_space.shape).to(device)
     actions = torch.zeros((args.num_steps, args.num_envs) + envs.single_action_space.shape).to(device)
@@ -261,8 +285,6 @@ if __name__ == "__main__":
     dones = np.zeros((args.num_steps, args.num_envs), dtype=np.float32)  # ended by termination or truncation
     valid = np.zeros((args.num_steps, args.num_envs), dtype=bool)  # False on gymnasium 1.x's autoreset steps
     values = torch.zeros((args.num_steps, args.num_envs)).to(device)
-    if args.subtask_obs and args.reward != "vlmcar":
-        raise SystemExit("error: --subtask-obs needs --reward vlmcar: the policy sees the program's progress")
 
     # TRY NOT TO MODIFY: start the game
     global_step = 0

@@ -284,6 +284,10 @@ class ReplayBuffer:
 
 if __name__ == "__main__":
     args = tyro.cli(Args)
+    for name in ("total_timesteps", "num_envs", "buffer_size", "batch_size", "policy_frequency",
+                 "target_network_frequency"):  # flags that cannot work: say so
+        if getattr(args, name) < 1:
+            raise SystemExit(f"error: --{name.replace('_', '-')} must be at least 1, not {getattr(args, name)}")
     run_name = f"{args.env_id}__{args.exp_name}-{args.reward}__{args.seed}__{int(time.time())}"
 
     # TRY NOT TO MODIFY: seeding
@@ -325,7 +329,11 @@ if __name__ == "__main__":
     envs.single_action_space.seed(args.seed)  # the random actions before learning_starts
 
     if args.track:
-        import wandb
+        try:
+            import wandb
+        except ImportError:
+            envs.close()
+            raise SystemExit("error: --track needs Weights and Biases: pip install wandb")
 
         wandb.init(
             project=args.wandb_project_name,

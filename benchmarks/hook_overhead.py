@@ -46,7 +46,7 @@ class Setup:
         self._stale = False  # steps were taken without the hook: it must start over before it is used again
         self.hook = None
         if program is not None:
-            self.hook = RewardHook(program, self.envs, view=view)
+            self.hook = RewardHook(program, self.envs, view=view, audit_every_s=None)  # the machinery per step only
             if batch_scheduling:  # a new worker under SCHED_BATCH, before the hook's first request
                 worker = self.hook.runner.worker
                 worker.batch_scheduling = True

@@ -19,6 +19,8 @@ episode's progress there.
 from __future__ import annotations
 
 import logging
+import math
+import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -130,6 +132,21 @@ class EpisodeProgress:
 MIN_DEADLINE_S = 2.0
 DEADLINE_FACTOR = 100.0
 MAX_DEADLINE_S = 60.0
+#: the purity audit: at most one episode replayed in a fresh worker per this many seconds of training
+AUDIT_EVERY_S = 120.0
+AUDIT_MAX_VIEWS = 10_000  # longer episodes are not recorded
+
+
+class _Recording:
+    """One episode of env 0 as the training worker saw and answered it, for the purity audit."""
+
+    __slots__ = ("views", "steps", "k", "tainted")
+
+    def __init__(self, start: Any, num_subtasks: int):
+        self.views = [start]
+        self.steps: list[int | None] = [None] * num_subtasks  # where training completed each sub-task
+        self.k = 0
+        self.tainted = False  # a step without an answer (worker failure, switched off): nothing to compare
 
 
 class ProgramRunner:
@@ -150,8 +167,15 @@ class ProgramRunner:
 
     def __init__(self, program: RewardProgram, num_envs: int, use_progress: bool = False,
                  deadline_s: float | None = None, require_confinement: bool = False, max_failed_replies: int = 3,
-                 memory_mb: int = DEFAULT_MEMORY_MB):
+                 memory_mb: int = DEFAULT_MEMORY_MB, audit_every_s: float | None = AUDIT_EVERY_S):
         self.program, self.num_envs, self.use_progress = program, num_envs, use_progress
+        self.require_confinement, self.memory_mb = require_confinement, memory_mb
+        # the purity audit (see `_audit`): env 0's episode being recorded, each queued step's place in it
+        self.audit_every_s = audit_every_s
+        self._audit_due = time.monotonic() if audit_every_s is not None else math.inf
+        self._recording: _Recording | None = None
+        self._places: deque = deque()  # per submitted step: (recording, t) or None
+        self.audits = self.audit_errors = 0
         if deadline_s is None:  # from the verified check cost when the cache entry recorded it
             per_step = num_envs * program.num_subtasks * (program.us_per_check or 0.0) * 1e-6
             deadline_s = max(MIN_DEADLINE_S, DEADLINE_FACTOR * per_step)
@@ -191,6 +215,7 @@ class ProgramRunner:
                 self.starts[i] = view
         entry = [False, len(items), resets]
         self._queue.append(entry)
+        self._places.append(self._record(items))
         if self.disabled:
             return
         self.checked += len(items)
@@ -224,6 +249,13 @@ class ProgramRunner:
 
     def collect(self) -> tuple[list[int], list[float]] | None:
         """The answer to the oldest submitted step, or None when there is none (a failed worker, switched off)."""
+        answer = self._collect()
+        place = self._places.popleft()
+        if place is not None:
+            self._book_recording(place, answer)
+        return answer
+
+    def _collect(self) -> tuple[list[int], list[float]] | None:
         sent, n, resets = self._queue.popleft()
         for i in resets:
             self._answered_k[i] = 0
@@ -248,6 +280,70 @@ class ProgramRunner:
         if self.checked >= 1000 and self.check_failures > 0.5 * self.checked:
             self._disable(f"its checks failed {self.check_failures} times in {self.checked} env steps")
         return new_k, progress
+
+    # --- the purity audit -----------------------------------------------------------------------------------
+    # Training pays a program because verification found it sound, but verification ran it in other workers, at
+    # other times, after fewer calls. Every `audit_every_s` seconds one finished episode of env 0 is walked again
+    # in a fresh worker (verification's `walk`), and where each sub-task was completed there must equal where the
+    # training worker completed it. A pure function of its view always agrees; a program that counts its calls,
+    # reads memory numpy did not clear, reads the clock or behaves per process need not, and on disagreement is
+    # switched off like a failing one. It costs one worker start (~0.3 s) per audit.
+    def _record(self, items) -> tuple | None:
+        """Env 0's view of this step into the episode being recorded. Returns the step's place for `collect`:
+        (recording or None, index in it, the recording that ended just before this step or None)."""
+        i, k, view = items[0]
+        if i != 0:
+            return None
+        if k == -1:  # env 0 begins an episode: the one recorded so far is complete
+            finished, self._recording = self._recording, None
+            if time.monotonic() >= self._audit_due and not self.disabled:
+                self._recording = _Recording(view, self.program.num_subtasks)
+                self._audit_due = math.inf  # one recording at a time; due again after its audit
+            return (self._recording, 0, finished) if self._recording or finished else None
+        rec = self._recording
+        if rec is None:
+            return None
+        rec.views.append(view)
+        if len(rec.views) > AUDIT_MAX_VIEWS:  # too long to keep: record a later episode
+            self._recording = None
+            self._audit_due = time.monotonic()
+            return None
+        return rec, len(rec.views) - 1, None
+
+    def _book_recording(self, place: tuple, answer) -> None:
+        rec, t, finished = place
+        if finished is not None:  # every answer of it has been collected (they came before this step)
+            self._audit(finished)
+        if rec is None:
+            return
+        if answer is None:
+            rec.tainted = True
+        elif t > 0:  # the reset view itself completes nothing (the hook's rule)
+            new_k = answer[0][0]
+            for j in range(rec.k, min(new_k, len(rec.steps))):
+                rec.steps[j] = t
+            rec.k = max(rec.k, new_k)
+
+    def _audit(self, rec: _Recording) -> None:
+        if self.audit_every_s is None or self.disabled:
+            return
+        self._audit_due = time.monotonic() + self.audit_every_s
+        if rec.tainted or len(rec.views) < 2:
+            return
+        try:
+            with ProgramWorker(self.program, require_confinement=self.require_confinement,
+                               memory_mb=self.memory_mb) as fresh:
+                result = fresh.walk(rec.views, timeout_s=max(self.deadline_s, 10.0))
+        except WorkerError as e:  # inconclusive (a slow machine, a crash in the fresh worker): not a verdict
+            self.audit_errors += 1
+            log.warning("purity audit of the reward program could not run (%s: %s)", e.kind, e)
+            return
+        self.audits += 1
+        if list(result.steps) != rec.steps:
+            self._disable("a fresh worker completed its sub-tasks at other steps than the training worker on the "
+                          f"same episode of {len(rec.views)} views (fresh: {list(result.steps)}, training: "
+                          f"{rec.steps}): it is not a pure function of its view (it keeps state between calls, "
+                          "reads the clock or differs between processes)")
 
     def _failed(self, error: WorkerError, lost: int = 0) -> None:
         """The worker failed: the step being collected (`lost` checks) and every queued step it had not answered
@@ -343,7 +439,8 @@ class ProgramTerm(RewardTerm):
 
     def __init__(self, program: RewardProgram, envs: gym.vector.VectorEnv, view: str = "state", bonus: float = 1.0,
                  shaping: str = "bonus", gamma: float = 0.99, use_progress: bool = False,
-                 deadline_s: float | None = None, require_confinement: bool = False):
+                 deadline_s: float | None = None, require_confinement: bool = False,
+                 audit_every_s: float | None = AUDIT_EVERY_S):
         check_shaping(shaping, use_progress, program)
         self.program, self.view, self.num_envs = program, view, envs.num_envs
         self.num_subtasks = program.num_subtasks
@@ -352,7 +449,8 @@ class ProgramTerm(RewardTerm):
         if isinstance(envs, gym.vector.SyncVectorEnv):
             self.adapters = [make_view(env, view) for env in envs.envs]
         self._needs_obs = self.adapters is not None and any(a.needs_obs for a in self.adapters)
-        self.runner = ProgramRunner(program, self.num_envs, use_progress, deadline_s, require_confinement)
+        self.runner = ProgramRunner(program, self.num_envs, use_progress, deadline_s, require_confinement,
+                                    audit_every_s=audit_every_s)
         self.progress = [EpisodeProgress(self.num_subtasks, bonus, shaping, gamma, use_progress)
                          for _ in range(self.num_envs)]
         self.completed = np.zeros((self.num_envs, self.num_subtasks), dtype=bool)
@@ -436,6 +534,7 @@ class ProgramTerm(RewardTerm):
         writer.add_scalar("vlmcar/task_without_success", hook.task_without_success, step)
         writer.add_scalar("vlmcar/check_failures", self.runner.check_failures, step)
         writer.add_scalar("vlmcar/worker_restarts", self.runner.worker_restarts, step)
+        writer.add_scalar("vlmcar/purity_audits", self.runner.audits, step)
 
     def status(self) -> str:
         return " (reward program switched off)" if self.runner.disabled else ""
@@ -482,7 +581,7 @@ class RewardHook:
     def __init__(self, program: RewardProgram | None, envs: gym.vector.VectorEnv, view: str = "state",
                  bonus: float = 1.0, shaping: str = "bonus", gamma: float = 0.99, use_progress: bool = False,
                  writer=None, window: int = 100, deadline_s: float | None = None, require_confinement: bool = False,
-                 success=None, terms: list[RewardTerm] | tuple = ()):
+                 success=None, terms: list[RewardTerm] | tuple = (), audit_every_s: float | None = AUDIT_EVERY_S):
         mode = envs.metadata.get("autoreset_mode", gym.vector.AutoresetMode.NEXT_STEP)
         if mode not in (gym.vector.AutoresetMode.NEXT_STEP, "NextStep", "next_step"):
             raise UsageError(f"the reward hook needs gymnasium's default next-step autoreset, not {mode}")
@@ -493,7 +592,7 @@ class RewardHook:
             success = family_of(envs.envs[0]).success if isinstance(envs, gym.vector.SyncVectorEnv) else env_success
         self.success_rule = success
         self.program_term = ProgramTerm(program, envs, view, bonus, shaping, gamma, use_progress, deadline_s,
-                                        require_confinement) if program is not None else None
+                                        require_confinement, audit_every_s) if program is not None else None
         self.terms: list[RewardTerm] = ([self.program_term] if self.program_term else []) + list(terms)
         self.program = program
         self.num_subtasks = self.program_term.num_subtasks if self.program_term else 0

@@ -644,3 +644,60 @@ def test_step_views_sent_as_columns_answer_like_views_sent_one_by_one():
             answers.append(w.step(items, 5, False, 10.0)[1])
     expected = [2 if v["a"][0, 0] > 0 else 0 for v in views]
     assert answers[0] == answers[1] == expected
+
+
+def _short_keycorridor():
+    return gym.make(ENV_ID, max_steps=40)  # short episodes: env 0 finishes several in a short rollout
+
+
+@pytest.mark.parametrize("queued", [False, True])
+def test_purity_audit_agrees_with_a_pure_program(queued):
+    """The purity audit replays finished episodes of env 0 in a fresh worker: a pure program always agrees, so it
+    is audited and keeps paying, with `step` and with queued `submit`/`flush`."""
+    program = keycorridor_program()
+    envs = gym.vector.SyncVectorEnv([_short_keycorridor] * 2)
+    _, infos = envs.reset(seed=[0, 1])
+    hook = RewardHook(program, envs, audit_every_s=0.0)
+    hook.reset(infos)
+    actions = np.random.default_rng(0).integers(0, 6, size=(200, 2))
+    _rollout(hook, envs, actions, queued, rollout=32)
+    assert hook.runner.audits >= 2 and hook.runner.audit_errors == 0  # every other episode: one recording at a time
+    assert hook.disabled is None
+    hook.close()
+    envs.close()
+
+
+def test_purity_audit_switches_off_a_program_a_fresh_worker_disagrees_with():
+    """What a fresh worker answers is what verification saw. When it disagrees with the training worker on the
+    same episode (here: the audit's worker is handed a program that completes its sub-task on other views, as a
+    program counting its calls or reading the clock would), the program is switched off and training goes on."""
+    src = ("SUBTASKS = ['face left']\n"
+           "def subtask_1(obs, start):\n"
+           "    return obs['agent_dir'] == 2\n")
+    other = src.replace("== 2", "== 0")
+    envs = gym.vector.SyncVectorEnv([_short_keycorridor] * 2)
+    _, infos = envs.reset(seed=[0, 1])
+    hook = RewardHook(load_program(src), envs, audit_every_s=0.0)
+    hook.reset(infos)
+    hook.runner.program = load_program(other)  # what the audit's fresh worker will run
+    actions = np.tile([[0, 0]], (120, 1))  # turning left: every direction, every episode
+    shaped, _ = _rollout(hook, envs, actions, queued=True, rollout=32)
+    assert hook.disabled is not None and "not a pure function of its view" in hook.disabled
+    assert hook.runner.audits == 1
+    # the bonus was paid before the audit and never after it
+    paid = np.nonzero(shaped[:, 0] > 0)[0]
+    assert len(paid) > 0 and paid.max() < 45
+    hook.close()
+    envs.close()
+
+
+def test_purity_audit_is_off_when_asked_and_records_nothing():
+    program = keycorridor_program()
+    envs = gym.vector.SyncVectorEnv([_short_keycorridor])
+    _, infos = envs.reset(seed=0)
+    hook = RewardHook(program, envs, audit_every_s=None)
+    hook.reset(infos)
+    _rollout(hook, envs, np.zeros((90, 1), dtype=np.int64), queued=True)
+    assert hook.runner.audits == 0 and hook.runner._recording is None
+    hook.close()
+    envs.close()

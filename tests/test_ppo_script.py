@@ -102,6 +102,52 @@ def test_bad_flags_and_env_ids(tmp_path):
     assert r.returncode != 0 and "NoSuchEnv" in r.stderr
     r = run(["--view", "depth", *TINY], tmp_path)
     assert r.returncode != 0 and "depth" in r.stderr
+    # each of these says what to change, and leaves no run folder behind
+    for args, says in [(["--env-id", "NoSuchEnv-v0", "--reward", "sparse", *TINY], "cannot create environment"),
+                       (["--env-id", "Pendulum-v1", "--reward", "sparse", *TINY], "use sac_vlmcar.py"),
+                       (["--num-envs", "0"], "--num-envs must be at least 1"),
+                       (["--num-steps", "-5"], "--num-steps must be at least 1"),
+                       (["--total-timesteps", "10"], "less than one rollout"),
+                       (["--reward", "sparse", "--subtask-obs", *TINY], "--subtask-obs needs --reward vlmcar")]:
+        r = run(args, tmp_path)
+        assert r.returncode != 0 and says in r.stderr and "Traceback" not in r.stderr, (args, r.stderr[-2000:])
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+DICT_ENV = """
+import gymnasium as gym
+import numpy as np
+
+
+class DictCorridor(gym.Env):
+    observation_space = gym.spaces.Dict({"pos": gym.spaces.Box(0, 9, (1,), np.float32),
+                                         "goal": gym.spaces.Discrete(10)})
+    action_space = gym.spaces.Discrete(2)
+
+    def reset(self, seed=None, options=None):
+        super().reset(seed=seed)
+        self.pos = 0
+        return self._obs(), {}
+
+    def _obs(self):
+        return {"pos": np.array([self.pos], np.float32), "goal": 9}
+
+    def step(self, action):
+        self.pos = max(0, min(9, self.pos + (1 if action == 1 else -1)))
+        return self._obs(), float(self.pos == 9), self.pos == 9, False, {}
+
+
+gym.register("DictCorridor-v0", entry_point=DictCorridor, max_episode_steps=30)
+"""
+
+
+def test_sparse_trains_on_a_custom_env_with_dict_observations(tmp_path):
+    """Any discrete-action env trains with --reward sparse: structured observations are flattened."""
+    (tmp_path / "dictcorridor.py").write_text(DICT_ENV)
+    r = run(["--env-id", "dictcorridor:DictCorridor-v0", "--reward", "sparse", *TINY], tmp_path,
+            env={"PYTHONPATH": str(tmp_path)})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "charts/episodic_return" in scalars(only_run(tmp_path))
 
 
 def test_clip_reward_variant(tmp_path, tiny_clip):
