@@ -92,6 +92,9 @@ def cmd_verify(args) -> int:
     from . import cache
     from .verify import VerifySettings, settings_from_args, verify_env
 
+    from .families import make_env
+
+    make_env(args.env_id).close()  # an unknown env id is reported as such, not as a missing program
     base = None
     if args.program:
         source = _read(args.program)

@@ -80,6 +80,17 @@ def evaluate(env_id: str, rewards: list[str], view: str = "state", n: int = 20, 
     from .trajectories import DEFAULT_CACHE, TrajectoryStore, collect, make_env
 
     env = make_env(env_id)
+    program = None
+    if "vlmcar" in rewards:  # found (or its absence reported) before any trajectory is simulated
+        from .generate import SynthesisError, reward_program
+
+        try:
+            program = reward_program(env_id, view, reward_cache=reward_cache)
+        except SynthesisError:
+            raise SynthesisError(f"no verified reward program for {env_id} ({view} view) to evaluate: evaluate "
+                                 f"scores programs that exist; synthesize one first (python -m cleanrl_vlmcar "
+                                 f"synthesize --env-id {env_id} --view {view} --vlm openai|hf|manual), or drop "
+                                 "vlmcar from --rewards") from None
     store = TrajectoryStore(Path(cache_dir or DEFAULT_CACHE) / "trajectories")
     views_needed = {view} if ("vlmcar" in rewards or "sparse" in rewards) else set()
     if "clip" in rewards:
@@ -100,9 +111,6 @@ def evaluate(env_id: str, rewards: list[str], view: str = "state", n: int = 20, 
                            [t.success for t in trajs[view][label]]) for label in labels}  # the env's own signal
             pr_curve = []
         elif reward == "vlmcar":
-            from .generate import reward_program
-
-            program = reward_program(env_id, view, reward_cache=reward_cache)
             per = {label: score_vlmcar(program, trajs[view][label], view, bonus) for label in labels}
             pr_curve = []
         elif reward == "clip":

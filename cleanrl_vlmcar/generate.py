@@ -20,7 +20,7 @@ from . import cache, families, prompts
 from .errors import NoProgramError, UsageError
 from .backends import (BACKEND_NAMES, Backend, BackendError, ManualAnswerNeeded, ManualBackend, Prompt, image_to_png,
                        make_backend)
-from .program import ProgramError, RewardProgram, extract_program, load_program
+from .program import ProgramError, RewardProgram, extract_program, load_program, sanitize
 from .trajectories import DEFAULT_CACHE, Trajectory, TrajectoryStore, collect, load_demos, make_env, rollout
 from .verify import (DEFAULT_N, EXPERT_THRESHOLD, RANDOM_THRESHOLD, VerifyReport,
                      VerifySettings, file_sha256, settings_from_args, verification_sets, verify_sets)
@@ -41,7 +41,22 @@ def no_program_message(env_id: str, view: str, cache_dir: str | Path | None = No
             f"  --vlm hf --vlm-model HUB_ID_OR_PATH                   a local transformers VLM\n"
             f"  --vlm manual                                          write the prompt to a folder, paste the "
             "answer back\n"
-            f"(or ahead of training: python -m cleanrl_vlmcar synthesize --env-id {env_id} --view {view} --vlm ...)")
+            f"(or ahead of training: python -m cleanrl_vlmcar synthesize --env-id {env_id} --view {view} --vlm ...)"
+            + _demos_note(env_id))
+
+
+def _demos_note(env_id: str) -> str:
+    """For an env without a scripted expert: verification needs demonstrations, given to `synthesize`."""
+    from .families import family_for_id
+
+    try:
+        if env_id in family_for_id(env_id).expert_env_ids():
+            return ""
+    except Exception:  # noqa: BLE001 - an id no family claims: the generic family, which has no expert
+        pass
+    return (f"\n{env_id} has no scripted expert: verification needs demonstrations. Record them (python -m "
+            f"cleanrl_vlmcar record-demos --env-id {env_id} ... --out demos.npz) and synthesize with "
+            "--expert-source demos --demos demos.npz; the training scripts then use the new cache entry.")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -266,7 +281,9 @@ def synthesize(env_id: str, view: str, backend: Backend, config: SynthesisConfig
                                                            progress=cfg.progress, env=env),
                                  artifacts_dir=traj_root / "reports", timeout_s=cfg.verify_timeout,
                                  memory_mb=cfg.memory_mb, require_confinement=cfg.require_confinement)
-        _log(f"round {r}/{cfg.rounds}: {'PASSED' if report.passed else 'FAILED'}", cfg.progress)
+        why = "" if report.passed else ": " + sanitize(report.error or "; ".join(report.reasons[:2]), 300,
+                                                         single_line=True)
+        _log(f"round {r}/{cfg.rounds}: {'PASSED' if report.passed else 'FAILED'}{why}", cfg.progress)
         entry["rounds"].append({"round": r, "prompt": prompt.text, "system": prompt.system,
                                 "images": [caption for caption, _ in prompt.images], "answer": answer,
                                 "program": program_text, "passed": report.passed, "report": report.to_dict(),

@@ -61,3 +61,19 @@ def test_evaluate_bad_input(tmp_path, capsys):
     assert main(["evaluate", "--env-id", "MiniGrid-Nope-v0", "--out", str(tmp_path / "x.png")]) == 2
     with pytest.raises(SystemExit):
         main(["evaluate", "--env-id", KC, "--rewards", "magic"])
+
+
+def test_evaluate_without_a_program_fails_before_simulating(tmp_path, capsys):
+    """No verified program for the env: evaluate says to synthesize one, before any trajectory is collected."""
+    empty = tmp_path / "empty_cache"
+    empty.mkdir()
+    code = main(["evaluate", "--env-id", "MiniGrid-DoorKey-5x5-v0", "--rewards", "sparse", "vlmcar", "--n", "2",
+                 "--reward-cache", str(empty), "--cache-dir", str(tmp_path / "store"), "--out", str(tmp_path / "x.png")])
+    err = capsys.readouterr().err
+    assert code == 2 and "synthesize one first" in err and "--vlm openai|hf|manual" in err
+    assert not any(p.is_file() for p in (tmp_path / "store").rglob("*"))  # nothing was simulated
+
+
+def test_verify_names_an_unknown_env_id(capsys):
+    assert main(["verify", "--env-id", "NoSuchEnv-v0"]) == 2
+    assert "cannot make environment 'NoSuchEnv-v0'" in capsys.readouterr().err

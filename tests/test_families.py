@@ -233,3 +233,23 @@ def test_reward_program_as_a_cache_entry_is_verified_with_its_recorded_demos(tmp
     broken.write_text("{")
     with pytest.raises(NoProgramError, match="corrupt"):
         program_for_run(SimpleNamespace(env_id=MC, view="obs", reward_program=str(broken)))
+
+
+def test_training_without_an_expert_says_how_to_synthesize_with_demonstrations(tmp_path, monkeypatch):
+    """A training script asked to synthesize for an env without a scripted expert cannot take demonstrations:
+    the error names the record-demos and synthesize commands, not flags the script lacks."""
+    from types import SimpleNamespace
+
+    from cleanrl_vlmcar.errors import UnsupportedEnvError
+    from cleanrl_vlmcar.rewards import program_for_run
+
+    empty = tmp_path / "cache"
+    empty.mkdir()
+    monkeypatch.setenv("VLMCAR_REWARD_CACHE", str(empty))
+    monkeypatch.setenv("VLMCAR_CACHE", str(tmp_path / "store"))
+    args = SimpleNamespace(env_id="CartPole-v1", view="obs", vlm="manual", vlm_model="", vlm_base_url=None)
+    with pytest.raises(UnsupportedEnvError) as e:
+        program_for_run(args)
+    text = str(e.value)
+    assert "record-demos --env-id CartPole-v1" in text and "synthesize --env-id CartPole-v1 --view obs" in text
+    assert "--reward sparse" in text and "pass --expert-source" not in text

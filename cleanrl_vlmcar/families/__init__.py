@@ -185,7 +185,17 @@ def _env_id(env: gym.Env) -> str:
 
 
 def _no_expert_message(env: gym.Env) -> str:
-    ids = sorted(i for f in families() for i in f.expert_env_ids())
-    return (f"no scripted expert for {_env_id(env)}. Scripted experts exist for: {', '.join(ids)}. Record demonstrations "
+    known = []
+    for f in families():
+        for module in f.env_modules:  # a family's ids are registered only once its package is imported
+            try:
+                importlib.import_module(module)
+            except ImportError:
+                pass
+        ids = sorted(f.expert_env_ids())
+        if ids:
+            known.append(f"{f.name} ({len(ids)} ids: {', '.join(ids[:3])}{', ...' if len(ids) > 3 else ''})")
+    return (f"no scripted expert for {_env_id(env)}. Scripted experts exist in the families {'; '.join(known)}. "
+            "Record demonstrations "
             "instead (python -m cleanrl_vlmcar record-demos --env-id ENV --keyboard|--policy PATH|--actions "
             "FILE.json --out demos.npz) and pass --expert-source demos --demos demos.npz.")
