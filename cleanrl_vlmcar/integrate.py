@@ -571,7 +571,9 @@ class RewardHook:
     `vlmcar/task_without_success` is the fidelity alarm: the fraction of episodes in which the program completed
     its last sub-task while the environment reported no success (reward hacking, a time bomb or an honest false
     positive); above FIDELITY_ALARM it warns once. `success(reward, terminated, info)` is the environment's own
-    success rule (default: the env family's).
+    success rule (default: the env family's). Every `audit_every_s` seconds (None: never) one finished episode
+    of env 0 is replayed in a fresh worker, and a program that answers differently there is switched off (the
+    purity audit, `ProgramRunner._audit`).
     """
 
     LOG_RATES_EVERY = 8
