@@ -97,6 +97,9 @@ def read_entry(path: str | Path) -> dict[str, Any]:
     if not isinstance(entry, dict) or any(k not in entry for k in REQUIRED):
         missing = [k for k in REQUIRED if not isinstance(entry, dict) or k not in entry]
         raise CacheError(f"cache file {path} is incomplete (missing {missing}); delete it or restore it from git")
+    if entry.get("program") is not None and not isinstance(entry["program"], str):
+        raise CacheError(f"cache file {path} is corrupt (its program is a {type(entry['program']).__name__}, not "
+                         "source text); delete it or restore it from git")
     return entry
 
 

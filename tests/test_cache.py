@@ -42,6 +42,12 @@ def test_corrupt_cache_file_is_named(tmp_path, traj_cache, capsys):
     bad.write_bytes(b"\xff\xfe\x00garbage")
     with pytest.raises(CacheError, match="corrupt"):
         cache.read_entry(bad)
+    # valid JSON whose program is not text: corrupt too (bad input, exit 2), not a failed program
+    entry = _minimal_entry(GOOD, True)
+    entry["program"] = 42
+    bad.write_text(json.dumps(entry))
+    with pytest.raises(CacheError, match="not source text"):
+        cache.read_entry(bad)
 
 
 def test_incomplete_cache_file_is_named(tmp_path):
