@@ -194,8 +194,8 @@ def _no_expert_message(env: gym.Env) -> str:
                 pass
         ids = sorted(f.expert_env_ids())
         if ids:
-            known.append(f"{f.name} ({len(ids)} ids: {', '.join(ids[:3])}{', ...' if len(ids) > 3 else ''})")
-    return (f"no scripted expert for {_env_id(env)}. Scripted experts exist in the families {'; '.join(known)}. "
+            known.append(f"{f.name}: {', '.join(ids)}")
+    return (f"no scripted expert for {_env_id(env)}. Scripted experts exist for {'; '.join(known)}. "
             "Record demonstrations "
             "instead (python -m cleanrl_vlmcar record-demos --env-id ENV --keyboard|--policy PATH|--actions "
             "FILE.json --out demos.npz) and pass --expert-source demos --demos demos.npz.")
