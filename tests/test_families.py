@@ -177,8 +177,8 @@ def test_hook_pays_mountaincar_subtasks_in_order_with_the_generic_success_rule()
 def test_ppo_on_mountaincar_with_the_default_view_names_the_generic_views(tmp_path):
     from script_runs import run_script
 
-    res = run_script(str(ROOT / "ppo_vlmcar.py"), ["--env-id", MC, "--total-timesteps", "512"], cwd=tmp_path,
-                     timeout=120)
+    res = run_script(str(ROOT / "ppo_vlmcar.py"), ["--env-id", MC, "--total-timesteps", "512", "--num-envs", "2",
+                                                   "--num-steps", "64"], cwd=tmp_path, timeout=120)
     assert res.returncode != 0
     assert "MountainCar-v0 (generic family) has no 'state' view; choose one of: obs, pixels" in res.stderr + res.stdout
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
