@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Training speed of ppo_vlmcar.py with the sparse reward and with the VLM-CaR hook (program in the confined worker),
-# alternating, on an otherwise idle machine: bash benchmarks/ppo_sps_variants.sh [REPEATS] [STEPS]
+# Training speed of ppo_vlmcar.py with the sparse reward, with the VLM-CaR hook (program in the confined worker), and
+# with the hook plus --subtask-obs (the hook answers every step before the next action), alternating, on an
+# otherwise idle machine: bash benchmarks/ppo_sps_variants.sh [REPEATS] [STEPS]
 set -euo pipefail
 repeats=${1:-2}
 steps=${2:-40960}
@@ -8,10 +9,12 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 work=$(mktemp -d)
 cd "$work"
 for _ in $(seq "$repeats"); do
-  for reward in sparse vlmcar; do
-    sps=$(OMP_NUM_THREADS=1 python "$here/ppo_vlmcar.py" --reward "$reward" --total-timesteps "$steps" --seed 1 2>&1 \
+  for variant in sparse vlmcar vlmcar-subtask-obs; do
+    flags=(--reward "${variant%%-*}")
+    [[ "$variant" == *subtask-obs ]] && flags+=(--subtask-obs)
+    sps=$(OMP_NUM_THREADS=1 python "$here/ppo_vlmcar.py" "${flags[@]}" --total-timesteps "$steps" --seed 1 2>&1 \
           | grep '^SPS:' | tail -1)
-    echo "$reward $sps"
+    echo "$variant $sps"
   done
 done
 rm -rf "$work"
