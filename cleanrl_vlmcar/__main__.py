@@ -90,9 +90,8 @@ def _add_verify_flags(p: argparse.ArgumentParser) -> None:
 
 def cmd_verify(args) -> int:
     from . import cache
-    from .verify import VerifySettings, settings_from_args, verify_env
-
     from .families import make_env
+    from .verify import VerifySettings, settings_from_args, verify_env
 
     make_env(args.env_id).close()  # an unknown env id is reported as such, not as a missing program
     base = None

@@ -1,7 +1,7 @@
 """The confined worker: the only place where a reward program's code ever runs.
 
-Started by `cleanrl_vlmcar.confine.ProgramWorker` as a fresh interpreter (``python -s -P``, empty environment, its own
-session, no terminal), it imports what programs may use, warms up numpy's lazily imported parts, then confines
+Started by `cleanrl_vlmcar.confine.ProgramWorker` as a fresh interpreter (``python -s -P``, empty environment, its
+own session, no terminal), it imports what programs may use, warms up numpy's lazily imported parts, then confines
 itself before it reads the program:
 
 1. rlimits: address space, CPU time, open files (no new ones), file size 0, no core dumps, no new processes;

@@ -2,8 +2,8 @@
 synthesize, training) happens in a `ProgramWorker`, a separate process that this module starts and talks to.
 
 The worker (`cleanrl_vlmcar._worker`) is a fresh interpreter (``python -s -P``, PYTHONHASHSEED=0; not a fork of
-the learner, whose memory and keys it would copy), started with an empty environment (only thread-count variables), in its own
-session (Ctrl-C in the terminal does not reach it), with stderr sent to /dev/null once it has booted. Before it
+the learner, whose memory and keys it would copy), started with an empty environment (only thread-count
+variables), in its own session (Ctrl-C in the terminal does not reach it), with stderr sent to /dev/null once it has booted. Before it
 reads the program it confines itself: rlimits (memory, CPU time, no new files, file size 0), no new privileges,
 all capabilities dropped, Landlock with no filesystem access, and a seccomp filter refusing execve, new processes,
 sockets, ptrace, cross-process memory and signals to other processes. It then reports what it applied.
@@ -276,8 +276,8 @@ class ProgramWorker:
         # environment holds nothing else a Python start reads
         env["PYTHONHASHSEED"] = "0"
         try:
-            self.proc = subprocess.Popen([sys.executable, "-s", "-P", "-c", _BOOT, paths, opts], stdin=subprocess.PIPE,
-                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd="/",
+            self.proc = subprocess.Popen([sys.executable, "-s", "-P", "-c", _BOOT, paths, opts],
+                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd="/",
                                          start_new_session=True, close_fds=True,
                                          pass_fds=(bell_r,) if ring is None else (bell_r, ring.fd))
         finally:

@@ -29,6 +29,10 @@ class UnsupportedEnvError(VLMCaRError, ValueError):
     """An environment, view or option this package cannot serve; the message lists what can be used."""
 
 
+class NoExpertError(UnsupportedEnvError):
+    """No scripted expert for this environment: verification needs demonstrations instead."""
+
+
 class UsageError(VLMCaRError, ValueError):
     """Options that cannot work together, or an API used out of order; the message says what to change."""
 

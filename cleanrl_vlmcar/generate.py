@@ -47,13 +47,8 @@ def no_program_message(env_id: str, view: str, cache_dir: str | Path | None = No
 
 def _demos_note(env_id: str) -> str:
     """For an env without a scripted expert: verification needs demonstrations, given to `synthesize`."""
-    from .families import family_for_id
-
-    try:
-        if env_id in family_for_id(env_id).expert_env_ids():
-            return ""
-    except Exception:  # noqa: BLE001 - an id no family claims: the generic family, which has no expert
-        pass
+    if families.has_scripted_expert(env_id):
+        return ""
     return (f"\n{env_id} has no scripted expert: verification needs demonstrations. Record them (python -m "
             f"cleanrl_vlmcar record-demos --env-id {env_id} ... --out demos.npz) and synthesize with "
             "--expert-source demos --demos demos.npz; the training scripts then use the new cache entry.")

@@ -140,12 +140,11 @@ AUDIT_MAX_VIEWS = 10_000  # longer episodes are not recorded
 class _Recording:
     """One episode of env 0 as the training worker saw and answered it, for the purity audit."""
 
-    __slots__ = ("views", "steps", "k", "tainted")
+    __slots__ = ("views", "steps", "tainted")
 
     def __init__(self, start: Any, num_subtasks: int):
         self.views = [start]
         self.steps: list[int | None] = [None] * num_subtasks  # where training completed each sub-task
-        self.k = 0
         self.tainted = False  # a step without an answer (worker failure, switched off): nothing to compare
 
 
@@ -169,12 +168,11 @@ class ProgramRunner:
                  deadline_s: float | None = None, require_confinement: bool = False, max_failed_replies: int = 3,
                  memory_mb: int = DEFAULT_MEMORY_MB, audit_every_s: float | None = AUDIT_EVERY_S):
         self.program, self.num_envs, self.use_progress = program, num_envs, use_progress
-        self.require_confinement, self.memory_mb = require_confinement, memory_mb
         # the purity audit (see `_audit`): env 0's episode being recorded, each queued step's place in it
         self.audit_every_s = audit_every_s
         self._audit_due = time.monotonic() if audit_every_s is not None else math.inf
         self._recording: _Recording | None = None
-        self._places: deque = deque()  # per submitted step: (recording, t) or None
+        self._places: deque = deque()  # per submitted step: (recording, t, recording just finished) or None
         self.audits = self.audit_errors = 0
         if deadline_s is None:  # from the verified check cost when the cache entry recorded it
             per_step = num_envs * program.num_subtasks * (program.us_per_check or 0.0) * 1e-6
@@ -319,20 +317,20 @@ class ProgramRunner:
         if answer is None:
             rec.tainted = True
         elif t > 0:  # the reset view itself completes nothing (the hook's rule)
-            new_k = answer[0][0]
-            for j in range(rec.k, min(new_k, len(rec.steps))):
-                rec.steps[j] = t
-            rec.k = max(rec.k, new_k)
+            for j in range(min(answer[0][0], len(rec.steps))):  # sub-tasks completed so far; new ones at step t
+                if rec.steps[j] is None:
+                    rec.steps[j] = t
 
     def _audit(self, rec: _Recording) -> None:
-        if self.audit_every_s is None or self.disabled:
+        if self.disabled:
             return
         self._audit_due = time.monotonic() + self.audit_every_s
         if rec.tainted or len(rec.views) < 2:
             return
         try:
-            with ProgramWorker(self.program, require_confinement=self.require_confinement,
-                               memory_mb=self.memory_mb) as fresh:
+            w = self.worker  # the fresh worker is confined exactly like the training worker
+            with ProgramWorker(self.program, memory_mb=w.memory_mb, cpu_s=w.cpu_s,
+                               require_confinement=w.require_confinement, skip=w.skip) as fresh:
                 result = fresh.walk(rec.views, timeout_s=max(self.deadline_s, 10.0))
         except WorkerError as e:  # inconclusive (a slow machine, a crash in the fresh worker): not a verdict
             self.audit_errors += 1

@@ -10,7 +10,7 @@ from typing import Any
 
 import gymnasium as gym
 
-from .errors import NoProgramError, UnsupportedEnvError, UsageError
+from .errors import NoExpertError, NoProgramError, UnsupportedEnvError, UsageError
 from .families import family_for_id
 from .integrate import RewardHook
 from .program import RewardProgram, load_program
@@ -82,16 +82,16 @@ def program_for_run(args: Any):
                                         ("base_url", getattr(args, "vlm_base_url", None))) if v}
     try:
         return reward_program(args.env_id, view, getattr(args, "vlm", None), **backend_kwargs)
+    except NoExpertError:  # the scripts take no demonstrations: synthesis goes through the CLI
+        raise NoExpertError(
+            f"no scripted expert for {args.env_id}, so a new program is verified against demonstrations, which "
+            "the training scripts do not take. Record them (python -m cleanrl_vlmcar record-demos --env-id "
+            f"{args.env_id} --keyboard|--policy PATH|--actions FILE.json --out demos.npz), synthesize with them "
+            f"(python -m cleanrl_vlmcar synthesize --env-id {args.env_id} --view {view} --expert-source demos "
+            "--demos demos.npz --vlm ...), then train: the new cache entry is used, or pass it with "
+            "--reward-program reward_cache/ENV__VIEW__KEY.json. Or train on the environment's own reward "
+            "with --reward sparse.") from None
     except UnsupportedEnvError as e:
-        if "no scripted expert" in str(e):  # the scripts take no demonstrations: synthesis goes through the CLI
-            raise UnsupportedEnvError(
-                f"no scripted expert for {args.env_id}, so a new program is verified against demonstrations, which "
-                "the training scripts do not take. Record them (python -m cleanrl_vlmcar record-demos --env-id "
-                f"{args.env_id} --keyboard|--policy PATH|--actions FILE.json --out demos.npz), synthesize with them "
-                f"(python -m cleanrl_vlmcar synthesize --env-id {args.env_id} --view {view} --expert-source demos "
-                "--demos demos.npz --vlm ...), then train: the new cache entry is used, or pass it with "
-                "--reward-program reward_cache/ENV__VIEW__KEY.json. Or train on the environment's own reward "
-                "with --reward sparse.") from None
         raise UnsupportedEnvError(f"{e} (or train on the environment's own reward with --reward sparse)") from None
 
 

@@ -253,3 +253,18 @@ def test_training_without_an_expert_says_how_to_synthesize_with_demonstrations(t
     text = str(e.value)
     assert "record-demos --env-id CartPole-v1" in text and "synthesize --env-id CartPole-v1 --view obs" in text
     assert "--reward sparse" in text and "pass --expert-source" not in text
+
+
+def test_has_scripted_expert_imports_the_family_first():
+    """Panda ids register only when panda_gym is imported: asked in a fresh interpreter, PandaReach still has an
+    expert, so the no-program message adds no demonstrations note for it (and does for CartPole)."""
+    import subprocess
+    import sys
+
+    code = ("from cleanrl_vlmcar.families import has_scripted_expert\n"
+            "from cleanrl_vlmcar.generate import no_program_message\n"
+            "print(has_scripted_expert('PandaReach-v3'), has_scripted_expert('CartPole-v1'),\n"
+            "      'no scripted expert' in no_program_message('PandaReach-v3', 'state'),\n"
+            "      'no scripted expert' in no_program_message('CartPole-v1', 'obs'))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert out.stdout.split() == ["True", "False", "False", "True"], out.stderr[-2000:]

@@ -21,7 +21,7 @@ from typing import Any, Callable, Mapping
 import gymnasium as gym
 import numpy as np
 
-from ..errors import UnsupportedEnvError
+from ..errors import NoExpertError, UnsupportedEnvError
 
 #: the shipped families, tried in this order (generic last: it claims everything)
 _SHIPPED = ("cleanrl_vlmcar.families.generic", "cleanrl_vlmcar.families.minigrid", "cleanrl_vlmcar.families.panda")
@@ -92,7 +92,7 @@ class Family:
 
     def make_expert(self, env: gym.Env):
         if self.expert is None:
-            raise UnsupportedEnvError(_no_expert_message(env))
+            raise NoExpertError(_no_expert_message(env))
         return self.expert(env)
 
 
@@ -161,6 +161,15 @@ def import_env_modules(env_id: str) -> None:
         if family.claims_id(env_id):
             for module in family.env_modules:
                 importlib.import_module(module)
+
+
+def has_scripted_expert(env_id: str) -> bool:
+    """Whether a family has a scripted expert for `env_id` (its package imported first: ids register on import)."""
+    try:
+        import_env_modules(env_id)
+    except ImportError:
+        return False
+    return env_id in family_for_id(env_id).expert_env_ids()
 
 
 def make_env(env_id: str, **kwargs) -> gym.Env:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import minigrid  # noqa: F401 - registers the MiniGrid and BabyAI ids
 from minigrid.minigrid_env import MiniGridEnv
 
-from ..errors import UnsupportedEnvError
+from ..errors import NoExpertError, UnsupportedEnvError
 from ..views.minigrid import PIXELS, STATE
 from . import ClipDefaults, Family, register
 
@@ -30,7 +30,7 @@ def _expert(env):
     if not supports(env):
         from . import _no_expert_message
 
-        raise UnsupportedEnvError(_no_expert_message(env))
+        raise NoExpertError(_no_expert_message(env))
     return MiniGridExpert(env)
 
 

@@ -3,7 +3,7 @@ PickAndPlace, and goal texts for the CLIP reward."""
 
 from __future__ import annotations
 
-from ..errors import UnsupportedEnvError
+from ..errors import NoExpertError, UnsupportedEnvError
 from ..views.panda import PIXELS, STATE
 from . import ClipDefaults, Family, register
 
@@ -41,7 +41,7 @@ def _expert(env):
     if not supports(env):
         from . import _no_expert_message
 
-        raise UnsupportedEnvError(_no_expert_message(env))
+        raise NoExpertError(_no_expert_message(env))
     return PandaExpert(env)
 
 
