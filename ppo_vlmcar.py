@@ -160,7 +160,6 @@ def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
 class Agent(nn.Module):
     def __init__(self, envs, num_stages=0):
         super().__init__()
-        self.num_stages = num_stages  # VLM-CaR: --subtask-obs appends the next sub-task (one-hot) to the features
         space = envs.single_observation_space
         # MiniGrid's symbolic view (object, colour, state per cell) is categorical: one-hot it; else flatten
         self.minigrid = space.shape[-1:] == (3,) and space.dtype == np.uint8 and len(space.shape) == 3
@@ -170,7 +169,7 @@ class Agent(nn.Module):
             in_dim = int(np.prod(space.shape[:-1])) * 20
         else:
             in_dim = int(np.prod(space.shape))
-        in_dim += num_stages
+        in_dim += num_stages  # VLM-CaR: --subtask-obs appends the next sub-task (one-hot) to the features
         self.critic = nn.Sequential(
             layer_init(nn.Linear(in_dim, 64)),
             nn.Tanh(),
@@ -210,6 +209,11 @@ class Agent(nn.Module):
         if action is None:
             action = probs.sample()
         return action, probs.log_prob(action), probs.entropy(), self.critic(h)
+
+
+def subtask_one_hot(reward_hook, num_stages, device):
+    """VLM-CaR (--subtask-obs): each env's next sub-task, one-hot (all done = the last slot)."""
+    return nn.functional.one_hot(torch.as_tensor(reward_hook.next_subtask), num_stages).float().to(device)
 
 
 if __name__ == "__main__":
@@ -297,11 +301,10 @@ if __name__ == "__main__":
         writer.close()
         shutil.rmtree(f"runs/{run_name}", ignore_errors=True)
         raise SystemExit(f"error: {e}")
-    # VLM-CaR (--subtask-obs): the policy's extra input, the next sub-task one-hot (all done = the last slot)
+    # VLM-CaR (--subtask-obs): the policy's extra input, the next sub-task one-hot
     num_stages = reward_hook.num_subtasks + 1 if args.subtask_obs else 0
     stages = torch.zeros((args.num_steps, args.num_envs, num_stages)).to(device)
-    next_stage = nn.functional.one_hot(torch.as_tensor(reward_hook.next_subtask), num_stages).float().to(device) \
-        if args.subtask_obs else None
+    next_stage = subtask_one_hot(reward_hook, num_stages, device) if args.subtask_obs else None
     agent = Agent(envs, num_stages).to(device)  # built once the hook knows the program's sub-tasks
     optimizer = optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
     next_obs = torch.Tensor(next_obs).to(device)
@@ -338,7 +341,7 @@ if __name__ == "__main__":
                 reward_hook.submit(reward, terminations, truncations, infos, next_obs)
             else:  # the next action depends on the program's answer: wait for it
                 rewards[step] = reward_hook.step(reward, terminations, truncations, infos, obs=next_obs)
-                next_stage = nn.functional.one_hot(torch.as_tensor(reward_hook.next_subtask), num_stages).float()
+                next_stage = subtask_one_hot(reward_hook, num_stages, device)
             next_done = np.logical_or(terminations, truncations)
             terms[step], dones[step] = terminations, next_done
             next_obs = torch.Tensor(next_obs).to(device)

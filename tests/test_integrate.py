@@ -650,11 +650,20 @@ def _short_keycorridor():
     return gym.make(ENV_ID, max_steps=40)  # short episodes: env 0 finishes several in a short rollout
 
 
+FACE_LEFT_THEN_RIGHT = ("SUBTASKS = ['face left', 'then face right']\n"
+                        "def subtask_1(obs, start):\n"
+                        "    return obs['agent_dir'] == 2\n"
+                        "def subtask_2(obs, start):\n"
+                        "    return obs['agent_dir'] == 0\n")
+
+
 @pytest.mark.parametrize("queued", [False, True])
-def test_purity_audit_agrees_with_a_pure_program(queued):
+@pytest.mark.parametrize("which", ["keycorridor", "turning"])
+def test_purity_audit_agrees_with_a_pure_program(queued, which):
     """The purity audit replays finished episodes of env 0 in a fresh worker: a pure program always agrees, so it
-    is audited and keeps paying, with `step` and with queued `submit`/`flush`."""
-    program = keycorridor_program()
+    is audited and keeps paying, with `step` and with queued `submit`/`flush`. The turning program completes its
+    sub-tasks in every episode, so the steps training booked are compared, not only empty lists."""
+    program = keycorridor_program() if which == "keycorridor" else load_program(FACE_LEFT_THEN_RIGHT)
     envs = gym.vector.SyncVectorEnv([_short_keycorridor] * 2)
     _, infos = envs.reset(seed=[0, 1])
     hook = RewardHook(program, envs, audit_every_s=0.0)
