@@ -25,9 +25,10 @@ several frames of a batch (frames share captions) are multiple positives: each i
 the batch's texts that are true of it, each text's over the images it is true of. Frames where the mission is done
 (about one in 30) are seen `--success-repeat` times per epoch.
 
-Output (`--out DIR`): after every epoch the model (`save_pretrained`), tokenizer and image processor, so that
-`ClipReward(ClipRewardConfig(model=DIR))` and `--clip-model DIR` load it like a hub checkpoint; `train_state.pt`
-(optimizer and epoch, for `--resume`); `dataset.npz` (the frames and captions, so a resumed run does not simulate
+Output (`--out DIR`): the selected epoch's model (`save_pretrained`; `--select best`, the default: the highest
+held-out AP of p(goal), the reward's own ranking; `--select last`), tokenizer and image processor, so that
+`ClipReward(ClipRewardConfig(model=DIR))` and `--clip-model DIR` load it like a hub checkpoint; `last/` (the model
+after the last epoch) and `train_state.pt` (optimizer and epoch), for `--resume`; `dataset.npz` (the frames and captions, so a resumed run does not simulate
 again); `train_log.json` (the settings, the seeds of both splits, and per epoch the loss and the held-out metrics).
 
 The second half of this module scores the CLIP reward against the environment's success per frame on fresh
@@ -73,6 +74,7 @@ PR_SEED = 2_000_000
 """first seed of the episodes the precision-recall curves are measured on (never training data)"""
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 LOG_NAME, STATE_NAME, DATA_NAME = "train_log.json", "train_state.pt", "dataset.npz"
+LAST_DIR = "last"  # the model after the last epoch (what --resume continues); OUT itself holds the selected epoch
 WARMUP_STEPS = 100
 """learning-rate warm-up: this many steps, or one epoch when an epoch is shorter"""
 MAX_LOGIT_SCALE = float(np.log(100.0))
@@ -442,10 +444,11 @@ def p_goal_from_embeddings(x: np.ndarray, missions: list[str], embed, template: 
 
 
 def _evaluate(model, tokenizer, processor, data: dict, idx: np.ndarray, size: ClipSize, template: str,
-              negatives: tuple[str, ...], device) -> dict:
+              negatives: tuple[str, ...], device, threshold: float = 0.5) -> dict:
     """Held-out metrics: image-to-caption top-1 retrieval among the distinct held-out captions; goal-sentence
     accuracy (done vs not-done sentence of the frame's mission); average precision against success frames of the
-    CLIP reward's p(goal) and of the cosine with the goal text alone (VLM-RMs' reward with alpha = 0)."""
+    CLIP reward's p(goal) and of the cosine with the goal text alone (VLM-RMs' reward with alpha = 0); precision,
+    recall and F1 of the binary reward p(goal) > threshold."""
     import torch
 
     model.eval()
@@ -474,11 +477,32 @@ def _evaluate(model, tokenizer, processor, data: dict, idx: np.ndarray, size: Cl
 
         p, cos = p_goal_from_embeddings(x.cpu().numpy().astype(np.float64), missions, embed, template, negatives)
     model.train()
+    prec, rec = pr_point(p > threshold, done)
     return {"heldout_retrieval_acc": retrieval, "heldout_goal_sentence_acc": status_acc,
             "heldout_p_goal_ap": average_precision(p, done) if done.any() else None,
+            "heldout_reward_precision": prec, "heldout_reward_recall": rec,
+            "heldout_reward_f1": 2 * prec * rec / (prec + rec) if prec + rec > 0 else 0.0,
             "heldout_cos_goal_ap": average_precision(cos, done) if done.any() else None,
             "heldout_frames": int(len(idx)), "heldout_done_frames": int(done.sum()),
             "heldout_distinct_captions": len(distinct)}
+
+
+SELECT_KEY = ("heldout_p_goal_ap", "heldout_reward_f1", "heldout_retrieval_acc")
+
+
+def selection_key(entry: dict) -> tuple[float, ...]:
+    """How `--select best` ranks epochs: the held-out AP of p(goal) (the reward's own ranking), then the F1 of the
+    binary reward at the threshold, then caption retrieval; a metric that could not be computed ranks lowest."""
+    return tuple(-1.0 if entry.get(k) is None else float(entry[k]) for k in SELECT_KEY)
+
+
+def best_epoch(epochs: list[dict]) -> dict | None:
+    """The log entry `--select best` keeps: the highest selection_key, the earliest of equals."""
+    best = None
+    for e in epochs:
+        if best is None or selection_key(e) > selection_key(best):
+            best = e
+    return best
 
 
 def _check_out(out: Path) -> None:
@@ -494,7 +518,7 @@ def _check_out(out: Path) -> None:
 def _settings(args) -> dict:
     return {"env_id": args.env_id, "size": args.size, "episodes": args.episodes, "seed": args.seed,
             "frames_per_episode": args.frames_per_episode, "heldout": args.heldout,
-            "success_repeat": args.success_repeat}
+            "success_repeat": args.success_repeat, "select": args.select}
 
 
 def _write_json(path: Path, obj) -> None:
@@ -585,7 +609,7 @@ def train_clip(args) -> dict:
     from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
 
     if resuming:
-        model = CLIPModel.from_pretrained(out)
+        model = CLIPModel.from_pretrained(out / LAST_DIR if (out / LAST_DIR / "config.json").exists() else out)
         tokenizer = AutoTokenizer.from_pretrained(out)
         state = torch.load(state_path, map_location="cpu", weights_only=False)
     else:
@@ -659,10 +683,15 @@ def train_clip(args) -> dict:
         entry = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "steps": step,
                  "logit_scale": float(model.logit_scale.detach().exp()), **metrics,
                  "train_seconds": round(train_s, 1), "seconds": round(time.time() - t0, 1)}
-        save_checkpoint(out, model)
+        # the last epoch always goes to OUT/last (for --resume); OUT gets it too when it is the one to keep
+        save_checkpoint(out / LAST_DIR, model)
         tmp = state_path.with_name(state_path.name + ".tmp")
         torch.save({"optimizer": opt.state_dict(), "epoch": epoch + 1, "step": step}, tmp)
         os.replace(tmp, state_path)
+        keep = args.select == "last" or best_epoch(log["epochs"] + [entry]) is entry
+        if keep:
+            save_checkpoint(out, model)
+            log["selected_epoch"] = epoch + 1
         log["epochs"].append(entry)
         _write_json(log_path, log)
         ap = metrics["heldout_p_goal_ap"]
@@ -670,8 +699,11 @@ def train_clip(args) -> dict:
               + (f", goal sentence {metrics['heldout_goal_sentence_acc']:.3f}"
                  if metrics["heldout_goal_sentence_acc"] is not None else "")
               + (f", AP of p(goal) {ap:.3f}, of cos(goal) {metrics['heldout_cos_goal_ap']:.3f}" if ap is not None
-                 else "") + f" ({entry['seconds']:.0f}s)")
-    print(f"saved to {out} (load it with --clip-model {out})")
+                 else "") + f", reward F1 {metrics['heldout_reward_f1']:.3f} ({entry['seconds']:.0f}s)"
+              + (" *" if keep and args.select == "best" else ""))
+    print(f"{out} holds epoch {log['selected_epoch']} ("
+          + ("the best held-out AP of p(goal)" if args.select == "best" else "the last") + f"; {out / LAST_DIR} "
+          f"the last); load it with --clip-model {out}")
     return log
 
 
@@ -692,6 +724,10 @@ def add_clip_train_parser(sub) -> None:
                    + ", ".join(f"{k} {v.epochs}" for k, v in SIZES.items()) + ")")
     p.add_argument("--seed", type=int, default=0, help="initialisation, held-out split, frame choice and batch order")
     p.add_argument("--resume", action="store_true", help="continue from the last epoch saved in --out")
+    p.add_argument("--select", choices=("best", "last"), default="best",
+                   help="the epoch --out holds: best (default: the highest held-out AP of p(goal), the reward's own "
+                        "ranking; ties by the binary reward's F1, then retrieval) or last (OUT/last always holds the "
+                        "last)")
     p.add_argument("--frames-per-episode", type=int, default=16,
                    help="frames kept per episode besides those where the caption changes (default %(default)s)")
     p.add_argument("--success-repeat", type=int, default=3,

@@ -125,6 +125,64 @@ def test_clip_train_resume_continues_and_refuses_to_overwrite(trained, capsys):
     assert "episodes was 2, now 3" in capsys.readouterr().err
 
 
+def test_selection_key_ranks_ap_then_f1_and_keeps_the_earliest_of_equals():
+    from cleanrl_vlmcar.clip_train import best_epoch, selection_key
+
+    e = [{"epoch": 1, "heldout_p_goal_ap": None, "heldout_reward_f1": 0.9, "heldout_retrieval_acc": 0.9},
+         {"epoch": 2, "heldout_p_goal_ap": 0.8, "heldout_reward_f1": 0.1, "heldout_retrieval_acc": 0.1},
+         {"epoch": 3, "heldout_p_goal_ap": 1.0, "heldout_reward_f1": 0.5, "heldout_retrieval_acc": 0.9},
+         {"epoch": 4, "heldout_p_goal_ap": 1.0, "heldout_reward_f1": 0.7, "heldout_retrieval_acc": 0.2},
+         {"epoch": 5, "heldout_p_goal_ap": 1.0, "heldout_reward_f1": 0.7, "heldout_retrieval_acc": 0.2},
+         {"epoch": 6, "heldout_p_goal_ap": 0.5, "heldout_reward_f1": 1.0, "heldout_retrieval_acc": 1.0}]
+    assert selection_key(e[0])[0] == -1.0  # no AP (no success frame held out) ranks lowest
+    assert best_epoch(e)["epoch"] == 4
+    assert best_epoch(e[:2])["epoch"] == 2 and best_epoch([]) is None
+
+
+@pytest.mark.slow
+def test_clip_train_keeps_the_best_epoch_and_resumes_from_the_last(tmp_path, monkeypatch, capsys):
+    """OUT holds the epoch with the best held-out AP of p(goal), OUT/last the last one, and --resume continues the
+    last; --select last keeps the last in OUT."""
+    from safetensors.numpy import load_file
+
+    import cleanrl_vlmcar.clip_train as ct
+
+    aps = iter([0.9, 0.4, 0.95, 0.9, 0.1])  # epochs 1..3 of the first run, then 1..2 of the --select last run
+    real = ct._evaluate
+
+    def fake(*a, **k):
+        return {**real(*a, **k), "heldout_p_goal_ap": next(aps)}
+
+    monkeypatch.setattr(ct, "_evaluate", fake)
+    out = tmp_path / "kc"
+    base = ["clip-train", "--env-id", KC, "--size", "tiny", "--out", str(out), "--episodes", "2",
+            "--frames-per-episode", "2", "--threads", "1", "--no-progress"]
+
+    assert main(base + ["--epochs", "2"]) == 0
+    log = json.loads((out / "train_log.json").read_text())
+    assert log["selected_epoch"] == 1 and [e["heldout_p_goal_ap"] for e in log["epochs"]] == [0.9, 0.4]
+    assert "holds epoch 1 (the best held-out AP" in capsys.readouterr().out
+    kept, last = load_file(out / "model.safetensors"), load_file(out / "last" / "model.safetensors")
+    assert kept.keys() == last.keys()
+    assert any(not np.array_equal(kept[k], last[k]) for k in kept)  # epoch 2 trained on: OUT did not follow
+    # --resume continues from the last epoch (not the kept one) and keeps epoch 3, now the best
+    assert main(base + ["--epochs", "3", "--resume"]) == 0
+    log = json.loads((out / "train_log.json").read_text())
+    assert log["selected_epoch"] == 3 and log["epochs"][2]["steps"] == 3 * log["epochs"][0]["steps"]
+    kept, last = load_file(out / "model.safetensors"), load_file(out / "last" / "model.safetensors")
+    assert all(np.array_equal(kept[k], last[k]) for k in kept)
+    # --select last: OUT follows the last epoch even when it is worse
+    out2 = tmp_path / "kc-last"
+    assert main([a if a != str(out) else str(out2) for a in base] + ["--epochs", "2", "--select", "last"]) == 0
+    log = json.loads((out2 / "train_log.json").read_text())
+    assert log["selected_epoch"] == 2 and log["epochs"][1]["heldout_p_goal_ap"] == 0.1
+    kept, last = load_file(out2 / "model.safetensors"), load_file(out2 / "last" / "model.safetensors")
+    assert all(np.array_equal(kept[k], last[k]) for k in kept)
+    # a resume with another --select is refused like any other changed setting
+    assert main([a if a != str(out) else str(out2) for a in base] + ["--epochs", "3", "--resume"]) == 2
+    assert "select was 'last', now 'best'" in capsys.readouterr().err
+
+
 def test_clip_train_bad_input(tmp_path, capsys):
     base = ["clip-train", "--env-id", KC, "--out", str(tmp_path / "o"), "--episodes", "2", "--no-progress"]
     with pytest.raises(SystemExit) as e:
