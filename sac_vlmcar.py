@@ -111,7 +111,7 @@ class Args:
     clip_template: Optional[str] = None
     """CLIP goal text template with {mission} (default: one per env family, see cleanrl_vlmcar/clip_reward.py)"""
     clip_negatives: Optional[tuple[str, ...]] = None
-    """CLIP negative texts, fixed for the whole run (default: one list per env family)"""
+    """CLIP negative texts, put through the template (one with {mission} is a whole sentence; default: per family)"""
     clip_fp16: bool = False
     """run CLIP in half precision (GPU only)"""
     clip_end_episode: bool = False

@@ -6,7 +6,8 @@ off-the-shelf CLIP can be downloaded here; see docs/clip-train.md). Episodes: `-
 sub-optimal and expert policies from seeds `--seed`.. (default 2,000,000; the script refuses seeds a model was
 trained or validated on). Unit: every frame after a step, the frames the reward hook scores; a frame is a success
 frame when the environment reports success at that step (MiniGrid: the episode's last step, reward > 0). The CLIP
-reward's texts are the family's defaults (what `--reward clip` uses); the curve sweeps the threshold on p(goal),
+reward's texts are the family's defaults (what `--reward clip` uses; `--negatives` replaces the negatives,
+`--add-negatives` adds a second curve per model with more negatives); the curve sweeps the threshold on p(goal),
 the dot on each curve is the default threshold (p(goal) > 0.5). The program's point: the shipped cache entry for
 the env's `--view` walked over the same episodes in the confined worker, "done" = its last sub-task completed at
 that frame.
@@ -41,6 +42,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reward-cache", default=None, help="reward cache folder (default: the repo's reward_cache/)")
     p.add_argument("--threshold", type=float, default=0.5, help="the binary reward's threshold, marked on each curve")
     p.add_argument("--temperature", type=float, default=0.01, help="softmax temperature of p(goal)")
+    p.add_argument("--negatives", nargs="+", default=None,
+                   help="negative texts instead of the family's (put through the goal template; one containing "
+                        "{mission} is a whole sentence)")
+    p.add_argument("--add-negatives", nargs="+", default=None,
+                   help="also draw each model's curve with these texts added to the negatives")
+    p.add_argument("--add-label", default="+ added negatives", help="legend suffix of those curves")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--out", required=True, help="figure (PNG)")
     p.add_argument("--json", default=None, help="also write the curves and points as JSON")
@@ -55,7 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     try:
         result = reward_pr_curves(args.env_id, args.models, args.n, args.seed, args.view, args.reward_cache,
-                                  labels=labels, threshold=args.threshold, temperature=args.temperature)
+                                  labels=labels, threshold=args.threshold, temperature=args.temperature,
+                                  negatives=args.negatives, add_negatives=args.add_negatives,
+                                  add_label=args.add_label)
     except (VLMCaRError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

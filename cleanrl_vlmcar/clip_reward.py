@@ -24,8 +24,12 @@ Two reward functions over rendered frames, both built on a CLIP model from ``tra
 Texts.  The goal text is ``goal_template`` with ``{mission}`` replaced by the environment's
 mission string.  Every negative is a *mission-like* phrase and goes through the same
 template, so goal and negatives differ only in the task part and the shared prefix cancels
-out of the softmax.  A negative equal to the mission (case and whitespace ignored) is
-dropped, since it would compete with the goal for the same probability mass.
+out of the softmax.  A negative that itself contains ``{mission}`` is a whole sentence of
+its own: it is filled with the mission and not put through the template (for instance "a
+top-down view of a grid world where the agent has not completed the task: {mission}", the
+goal's own negation).  A negative whose text equals the goal text (case and whitespace
+ignored; for a plain negative: equal to the mission) is dropped, since it would compete with
+the goal for the same probability mass; so are repeated texts.
 
 Defaults.
   * ``temperature = 0.01``: CLIP was trained with a learned logit scale that saturates at 100
@@ -117,6 +121,20 @@ def _norm_text(s: str) -> str:
 
 def _fill(template: str, mission: str) -> str:
     return template.replace("{mission}", mission)
+
+
+def negative_texts(template: str, mission: str, negatives) -> list[str]:
+    """The negative texts for `mission`: a negative containing ``{mission}`` filled with the mission, any other
+    put through the goal template; texts equal to the goal text, and repeats, dropped (case and whitespace
+    ignored)."""
+    seen = {_norm_text(_fill(template, mission))}
+    out = []
+    for n in negatives:
+        t = _fill(n, mission) if "{mission}" in n else _fill(template, n)
+        if _norm_text(t) not in seen:
+            seen.add(_norm_text(t))
+            out.append(t)
+    return out
 
 
 def _validate(cfg: ClipRewardConfig, mission: str) -> None:
@@ -242,21 +260,14 @@ class ClipReward:
         """Goal and negative texts for `mission`, and their embeddings (computed once per mission)."""
         config = self.config
         self.mission = mission
-        goal_key = _norm_text(mission)
-        negs: list[str] = []
-        seen = {goal_key}
-        for n in config.negatives:
-            k = _norm_text(n)
-            if k not in seen:
-                seen.add(k)
-                negs.append(n)
+        negs = negative_texts(config.goal_template, mission, config.negatives)
         if not negs:
             raise ClipRewardError(
                 f"no negative text is left after removing the mission {mission!r} from negatives "
                 f"{tuple(config.negatives)!r}; give at least one negative different from the goal"
             )
         self.goal_text = _fill(config.goal_template, mission)
-        self.negative_texts = [_fill(config.goal_template, n) for n in negs]
+        self.negative_texts = negs
         self.texts = [self.goal_text, *self.negative_texts]
 
         want_baseline = config.mode == "vlmrm"
@@ -281,6 +292,17 @@ class ClipReward:
         """The same model with the goal text of another mission (MiniGrid missions vary per episode)."""
         other = copy.copy(self)
         other._set_mission(mission)
+        return other
+
+    def with_negatives(self, negatives) -> "ClipReward":
+        """The same model and mission with other negative texts (validated as the config's)."""
+        import dataclasses
+
+        other = copy.copy(self)
+        other.config = dataclasses.replace(self.config, negatives=tuple(negatives) if not isinstance(negatives, str)
+                                           else negatives)
+        _validate(other.config, self.mission)
+        other._set_mission(self.mission)
         return other
 
     def rewards_from_embeddings(self, x: np.ndarray) -> tuple[np.ndarray, dict]:

@@ -427,17 +427,12 @@ def p_goal_from_embeddings(x: np.ndarray, missions: list[str], embed, template: 
     """p(goal | frame) as ClipReward computes it (goal and negatives through the template, a negative equal to the
     mission dropped) and cos(frame, goal text), from image embeddings `x` (N, D) and `embed(texts) -> (K, D)` unit
     text embeddings."""
-    from .clip_reward import _norm_text
+    from .clip_reward import negative_texts
 
     p, cos = np.zeros(len(x)), np.zeros(len(x))
     for mission in sorted(set(missions)):
         idx = [i for i, m in enumerate(missions) if m == mission]
-        negs, seen = [], {_norm_text(mission)}
-        for n in negatives:
-            if _norm_text(n) not in seen:
-                seen.add(_norm_text(n))
-                negs.append(n)
-        t = embed([_fill(template, mission)] + [_fill(template, n) for n in negs])
+        t = embed([_fill(template, mission)] + negative_texts(template, mission, negatives))
         sims = x[idx] @ t.T
         p[idx], cos[idx] = _softmax(sims / temperature)[:, 0], sims[:, 0]
     return p, cos
@@ -799,7 +794,9 @@ def _training_seeds(model: str) -> set[int]:
 
 def reward_pr_curves(env_id: str, models: list[str], n: int = 50, seed: int = PR_SEED, view: str = "state",
                      reward_cache: str | Path | None = None, labels: list[str] | None = None, threshold: float = 0.5,
-                     temperature: float = 0.01, batch: int = 64, progress: bool = True) -> dict:
+                     temperature: float = 0.01, batch: int = 64, progress: bool = True,
+                     negatives: tuple[str, ...] | None = None, add_negatives: tuple[str, ...] | None = None,
+                     add_label: str = "+ added negatives") -> dict:
     """Per-frame precision-recall of each CLIP model's p(goal) against the environment's success ("done" = the
     frame after the step where the environment reports success), over `n` episodes of each of the four policies
     from seeds seed..seed+n-1, with the verified program's single point (its last sub-task completed at that frame,
@@ -807,7 +804,9 @@ def reward_pr_curves(env_id: str, models: list[str], n: int = 50, seed: int = PR
     frames the reward hook scores); the reward texts are the family's defaults, as `--reward clip` uses them.
     Only the last frame of a successful episode counts as a success frame: episodes end at success in MiniGrid (and
     the non-random policies stop there); in an environment that does not terminate at success, a random episode's
-    earlier success frames would count as failures."""
+    earlier success frames would count as failures. `negatives` replaces the family's negative texts;
+    `add_negatives` adds a second curve per model, labelled `add_label`, with these texts added to the negatives (the
+    frames are embedded once)."""
     from tqdm.auto import tqdm
 
     from .clip_reward import ClipReward, ClipRewardConfig
@@ -824,7 +823,9 @@ def reward_pr_curves(env_id: str, models: list[str], n: int = 50, seed: int = PR
         if overlap:
             raise UsageError(f"episode seeds {seed}..{seed + n - 1} overlap the seeds {m} was trained or validated on "
                              f"(e.g. {min(overlap)}); pass another seed (default {PR_SEED})")
-    template, negatives = reward_texts(env_id)
+    template, default_negatives = reward_texts(env_id)
+    negatives = tuple(negatives) if negatives else default_negatives
+    variants = [("", negatives)] + ([(" " + add_label, negatives + tuple(add_negatives))] if add_negatives else [])
     env = make_env(env_id)
     env.reset(seed=seed)
     first_mission = getattr(env.unwrapped, "mission", None) or env_id
@@ -835,10 +836,11 @@ def reward_pr_curves(env_id: str, models: list[str], n: int = 50, seed: int = PR
         program = reward_program(env_id, view, reward_cache=reward_cache)
     except VLMCaRError as e:
         program_note = f"no verified program point: {e}"
-    clips = [ClipReward(ClipRewardConfig(model=m, goal_template=template, negatives=negatives, threshold=threshold,
-                                         temperature=temperature, device="cpu"), first_mission)
-             for m in models]
-    scores: list[list[np.ndarray]] = [[] for _ in models]
+    base = [ClipReward(ClipRewardConfig(model=m, goal_template=template, negatives=negatives, threshold=threshold,
+                                        temperature=temperature, device="cpu"), first_mission)
+            for m in models]
+    clips = [[b.with_negatives(negs) for _, negs in variants] for b in base]  # per model, per negatives variant
+    scores: list[list[list[np.ndarray]]] = [[[] for _ in variants] for _ in models]
     cosines: list[list[np.ndarray]] = [[] for _ in models]
     truth, state_views, episodes = [], [], []
     bar = tqdm(total=n * len(POLICIES), desc=f"PR episodes ({env_id})", disable=not progress, mininterval=1.0)
@@ -850,12 +852,14 @@ def reward_pr_curves(env_id: str, models: list[str], n: int = 50, seed: int = PR
             pix = traj.views["pixels"][1:]
             frames = np.stack([v["rgb"] for v in pix])
             mission = pix[0].get("mission") or env_id
-            for j, clip in enumerate(clips):
-                c = clip.for_mission(mission) if mission != clip.mission else clip
-                stats = [c.rewards_from_embeddings(c.embed_frames(frames[i:i + batch]))[1]
-                         for i in range(0, len(frames), batch)]
-                scores[j].append(np.concatenate([st["p_goal"] for st in stats]))
-                cosines[j].append(np.concatenate([st["cos_goal"] for st in stats]))
+            for j, model_clips in enumerate(clips):
+                x = np.concatenate([base[j].embed_frames(frames[i:i + batch]) for i in range(0, len(frames), batch)])
+                for v, clip in enumerate(model_clips):
+                    c = clip.for_mission(mission) if mission != clip.mission else clip
+                    stats = c.rewards_from_embeddings(x)[1]
+                    scores[j][v].append(stats["p_goal"])
+                    if v == 0:
+                        cosines[j].append(stats["cos_goal"])
             y = np.zeros(len(pix), dtype=bool)
             y[-1] = traj.success  # episodes end at the environment's success
             truth.append(y)
@@ -866,20 +870,25 @@ def reward_pr_curves(env_id: str, models: list[str], n: int = 50, seed: int = PR
     y = np.concatenate(truth)
     result = {"env_id": env_id, "episodes_per_policy": n, "seeds": [seed, seed + n - 1], "frames": int(len(y)),
               "positives": int(y.sum()), "positive_rate": float(y.mean()), "template": template,
-              "negatives": list(negatives), "temperature": temperature, "threshold": threshold,
+              "negatives": list(negatives), "add_negatives": list(add_negatives or []), "temperature": temperature,
+              "threshold": threshold,
               "unit": "frame (after each step); done = the environment's success at that step", "models": [],
               "program": None}
     names = labels or [Path(m).name or m for m in models]
-    for m, name, sc, cc in zip(models, names, scores, cosines):
-        p, cos = np.concatenate(sc), np.concatenate(cc)
-        at = pr_point(p > threshold, y)
-        result["models"].append({"model": str(m), "label": name, "average_precision": average_precision(p, y),
-                                 "at_threshold": {"threshold": threshold, "precision": at[0], "recall": at[1]},
-                                 "p_goal_mean_positive": float(p[y].mean()) if y.any() else None,
-                                 "p_goal_mean_negative": float(p[~y].mean()) if (~y).any() else None,
-                                 "curve": _thin(*pr_curve(p, y)),
-                                 "cos_goal": {"average_precision": average_precision(cos, y),
-                                              "curve": _thin(*pr_curve(cos, y))}})
+    for m, name, model_scores, cc in zip(models, names, scores, cosines):
+        cos = np.concatenate(cc)
+        for v, ((suffix, negs), sc) in enumerate(zip(variants, model_scores)):
+            p = np.concatenate(sc)
+            at = pr_point(p > threshold, y)
+            entry = {"model": str(m), "label": name + suffix, "negatives": list(negs),
+                     "average_precision": average_precision(p, y),
+                     "at_threshold": {"threshold": threshold, "precision": at[0], "recall": at[1]},
+                     "p_goal_mean_positive": float(p[y].mean()) if y.any() else None,
+                     "p_goal_mean_negative": float(p[~y].mean()) if (~y).any() else None,
+                     "curve": _thin(*pr_curve(p, y))}
+            if v == 0:  # the cosine with the goal text does not depend on the negatives
+                entry["cos_goal"] = {"average_precision": average_precision(cos, y), "curve": _thin(*pr_curve(cos, y))}
+            result["models"].append(entry)
     if program is not None:
         from .verify import walk_all
 

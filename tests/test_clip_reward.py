@@ -152,6 +152,33 @@ def test_mission_removed_from_negatives(tiny_clip_dir):
     assert len(r.texts) == 2 and r.negative_texts[0].endswith("open the door")
 
 
+def test_negative_texts_fill_the_template_or_are_whole_sentences():
+    from cleanrl_vlmcar.clip_reward import negative_texts
+
+    t = "where the agent has completed the task: {mission}"
+    negs = ("open the door", "where the agent has NOT completed the task: {mission}", "Open the  door",
+            " Pick up the purple ball", "{mission}", "where the agent has completed the task: {mission}")
+    assert negative_texts(t, MISSION, negs) == [
+        "where the agent has completed the task: open the door",
+        "where the agent has NOT completed the task: pick up the purple ball",
+        "pick up the purple ball"]  # repeats and texts equal to the goal text (any spelling) dropped
+
+
+@pytest.mark.slow
+def test_mission_sentence_negative_and_with_negatives(tiny_clip_dir, hand, frames):
+    text, image = hand
+    negation = "a top-down view of a grid world where the agent has not completed the task: {mission}"
+    r = ClipReward(_cfg(tiny_clip_dir, negatives=("open the door",)), mission=MISSION)
+    r2 = r.with_negatives(("open the door", negation))
+    assert r2.texts == r.texts + [negation.replace("{mission}", MISSION)] and r.texts[1:] == r.negative_texts
+    x = image(frames)
+    p = _np_softmax((x @ text(r2.texts).T) / 0.01)[:, 0]
+    np.testing.assert_allclose(r2.rewards_from_embeddings(x)[1]["p_goal"], p, rtol=1e-4, atol=1e-8)
+    assert r2.for_mission("open the door").negative_texts[-1].endswith("not completed the task: open the door")
+    with pytest.raises(ClipRewardError, match="negative"):
+        r.with_negatives(("",))
+
+
 @pytest.mark.slow
 def test_temperature_makes_p_more_extreme(tiny_clip_dir, frames):
     k = 1 + len(DEFAULT_NEGATIVES)

@@ -2,6 +2,7 @@
 input, and the precision-recall computation of the reward-accuracy figure."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -258,3 +259,37 @@ def test_evaluate_pr_curve_end_to_end(trained, tmp_path, capsys):
     assert result["program"]["precision"] == 1.0 and result["program"]["recall"] == 1.0
     with pytest.raises(ValueError, match="overlap the seeds"):
         reward_pr_curves(KC, [str(out)], n=1, seed=1_000_000, progress=False)
+
+
+@pytest.mark.slow
+def test_pr_curves_with_added_negatives(trained, tmp_path):
+    """--add-negatives: a second curve per model from the same embeddings; more negatives can only lower p(goal)."""
+    import subprocess
+    import sys
+
+    from cleanrl_vlmcar.clip_train import reward_pr_curves
+
+    out, _ = trained
+    negation = "a top-down view of a grid world where the agent has not completed the task: {mission}"
+    r = reward_pr_curves(KC, [str(out)], n=1, labels=["tiny"], progress=False, add_negatives=(negation,),
+                         add_label="+ negation")
+    base, more = r["models"]
+    assert (base["label"], more["label"]) == ("tiny", "tiny + negation")
+    assert more["negatives"] == base["negatives"] + [negation] and "cos_goal" in base and "cos_goal" not in more
+    assert more["p_goal_mean_positive"] <= base["p_goal_mean_positive"] + 1e-12
+    assert more["p_goal_mean_negative"] <= base["p_goal_mean_negative"] + 1e-12
+    assert r["add_negatives"] == [negation]
+    # the benchmark script: replaced negatives, a bad flag
+    fig = tmp_path / "pr.png"
+    cmd = [sys.executable, "benchmarks/clip_pr_curves.py", "--env-id", KC, "--models", str(out), "--n", "1",
+           "--negatives", "open the door", "--add-negatives", negation, "--out", str(fig), "--json",
+           str(tmp_path / "pr.json"), "--threads", "1"]
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).parent.parent, timeout=300)
+    assert done.returncode == 0, done.stderr
+    res = json.loads((tmp_path / "pr.json").read_text())
+    assert res["negatives"] == ["open the door"] and [m["negatives"] for m in res["models"]] == [
+        ["open the door"], ["open the door", negation]]
+    assert fig.exists() and "+ added negatives" in done.stdout
+    bad = subprocess.run(cmd[:-6] + ["--negatives", "", "--out", str(fig)], capture_output=True, text=True,
+                         cwd=Path(__file__).parent.parent, timeout=300)
+    assert bad.returncode == 2 and "negative" in bad.stderr
