@@ -19,8 +19,9 @@ while read -r sub script env_id reward seed steps flags; do
   fi
   while [ "$(pgrep -fc "python .*_vlmcar.py --env-id")" -ge "$slots" ]; do sleep 15; done
   echo "$(date +%H:%M) run $env_id $exp $reward $seed"
+  eval "flagv=($flags)"  # flags may hold quoted texts with spaces (e.g. --clip-negatives "...")
   (cd "$dir" && python "$root/$script" --env-id "$env_id" --reward "$reward" --seed "$seed" \
-      --total-timesteps "$steps" --exp-name "$exp" $flags > "log_${env_id}_${exp}_${reward}_${seed}.txt" 2>&1 \
+      --total-timesteps "$steps" --exp-name "$exp" "${flagv[@]}" > "log_${env_id}_${exp}_${reward}_${seed}.txt" 2>&1 \
       || echo "FAILED $env_id $exp $reward $seed") &
   sleep 5
 done < "$1"

@@ -612,12 +612,15 @@ def train_clip(args) -> dict:
                         | {_fill(template, n) for n in negatives} | set(negatives) | {template})
         tokenizer = train_tokenizer(corpus)
         model = make_clip_model(size, tokenizer, seed=args.seed)
-        save_checkpoint(out, None, tokenizer, make_image_processor(size.image_size))  # the model after each epoch
+        for d in (out, out / LAST_DIR):  # complete checkpoints once the model is saved there after an epoch
+            save_checkpoint(d, None, tokenizer, make_image_processor(size.image_size))
         log = {"settings": settings, "note": "CLIP trained here on this environment's own frames and "
                "simulator captions (not an off-the-shelf CLIP)", "train_seeds": train_seeds,
                "heldout_seeds": held_seeds, "epochs": []}
         state = None
     processor = AutoImageProcessor.from_pretrained(out)  # exactly what ClipReward will load
+    if resuming and not (out / LAST_DIR / "tokenizer_config.json").exists():
+        save_checkpoint(out / LAST_DIR, None, tokenizer, processor)  # a run from before OUT/last existed
     model.to(device).train()
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]

@@ -165,6 +165,9 @@ def test_clip_train_keeps_the_best_epoch_and_resumes_from_the_last(tmp_path, mon
     assert "holds epoch 1 (the best held-out AP" in capsys.readouterr().out
     kept, last = load_file(out / "model.safetensors"), load_file(out / "last" / "model.safetensors")
     assert kept.keys() == last.keys()
+    from cleanrl_vlmcar.clip_reward import ClipReward, ClipRewardConfig
+
+    ClipReward(ClipRewardConfig(model=str(out / "last"), device="cpu"), "pick up the ball")  # a whole checkpoint
     assert any(not np.array_equal(kept[k], last[k]) for k in kept)  # epoch 2 trained on: OUT did not follow
     # --resume continues from the last epoch (not the kept one) and keeps epoch 3, now the best
     assert main(base + ["--epochs", "3", "--resume"]) == 0
