@@ -7,7 +7,7 @@ sub-optimal and expert policies from seeds `--seed`.. (default 2,000,000; the sc
 trained or validated on). Unit: every frame after a step, the frames the reward hook scores; a frame is a success
 frame when the environment reports success at that step (MiniGrid: the episode's last step, reward > 0). The CLIP
 reward's texts are the family's defaults (what `--reward clip` uses; `--negatives` replaces the negatives,
-`--add-negatives` adds a second curve per model with more negatives); the curve sweeps the threshold on p(goal),
+`--variant LABEL NEG...` adds a curve per model with other negatives); the curve sweeps the threshold on p(goal),
 the dot on each curve is the default threshold (p(goal) > 0.5). The program's point: the shipped cache entry for
 the env's `--view` walked over the same episodes in the confined worker, "done" = its last sub-task completed at
 that frame.
@@ -45,15 +45,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--negatives", nargs="+", default=None,
                    help="negative texts instead of the family's (put through the goal template; one containing "
                         "{mission} is a whole sentence)")
-    p.add_argument("--add-negatives", nargs="+", default=None,
-                   help="also draw each model's curve with these texts added to the negatives")
-    p.add_argument("--add-label", default="+ added negatives", help="legend suffix of those curves")
+    p.add_argument("--variant", nargs="+", action="append", default=None, metavar=("LABEL", "NEGATIVE"),
+                   help="also draw each model's curve with these negatives (first word: the legend suffix; "
+                        "'{defaults}' stands for the main negatives: the family's or --negatives); repeatable")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--out", required=True, help="figure (PNG)")
     p.add_argument("--json", default=None, help="also write the curves and points as JSON")
     args = p.parse_args(argv)
     if args.labels and len(args.labels) != len(args.models):
         p.error("--labels needs one name per --models entry")
+    if any(len(v) < 2 for v in args.variant or []):
+        p.error("--variant needs a label and at least one negative text")
     if args.threads:
         import torch
 
@@ -63,8 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = reward_pr_curves(args.env_id, args.models, args.n, args.seed, args.view, args.reward_cache,
                                   labels=labels, threshold=args.threshold, temperature=args.temperature,
-                                  negatives=args.negatives, add_negatives=args.add_negatives,
-                                  add_label=args.add_label)
+                                  negatives=args.negatives, variants=[(v[0], tuple(v[1:])) for v in args.variant or []])
     except (VLMCaRError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

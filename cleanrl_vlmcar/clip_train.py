@@ -798,8 +798,8 @@ def _training_seeds(model: str) -> set[int]:
 def reward_pr_curves(env_id: str, models: list[str], n: int = 50, seed: int = PR_SEED, view: str = "state",
                      reward_cache: str | Path | None = None, labels: list[str] | None = None, threshold: float = 0.5,
                      temperature: float = 0.01, batch: int = 64, progress: bool = True,
-                     negatives: tuple[str, ...] | None = None, add_negatives: tuple[str, ...] | None = None,
-                     add_label: str = "+ added negatives") -> dict:
+                     negatives: tuple[str, ...] | None = None,
+                     variants: list[tuple[str, tuple[str, ...]]] | None = None) -> dict:
     """Per-frame precision-recall of each CLIP model's p(goal) against the environment's success ("done" = the
     frame after the step where the environment reports success), over `n` episodes of each of the four policies
     from seeds seed..seed+n-1, with the verified program's single point (its last sub-task completed at that frame,
@@ -808,8 +808,8 @@ def reward_pr_curves(env_id: str, models: list[str], n: int = 50, seed: int = PR
     Only the last frame of a successful episode counts as a success frame: episodes end at success in MiniGrid (and
     the non-random policies stop there); in an environment that does not terminate at success, a random episode's
     earlier success frames would count as failures. `negatives` replaces the family's negative texts;
-    `add_negatives` adds a second curve per model, labelled `add_label`, with these texts added to the negatives (the
-    frames are embedded once)."""
+    Each `(label, negatives)` of `variants` adds a curve per model with those negative texts, "{defaults}" among them
+    standing for the main ones (the frames are embedded once; the label is appended to the model's)."""
     from tqdm.auto import tqdm
 
     from .clip_reward import ClipReward, ClipRewardConfig
@@ -828,7 +828,9 @@ def reward_pr_curves(env_id: str, models: list[str], n: int = 50, seed: int = PR
                              f"(e.g. {min(overlap)}); pass another seed (default {PR_SEED})")
     template, default_negatives = reward_texts(env_id)
     negatives = tuple(negatives) if negatives else default_negatives
-    variants = [("", negatives)] + ([(" " + add_label, negatives + tuple(add_negatives))] if add_negatives else [])
+    variants = [("", negatives)] + [
+        (f" {label}", tuple(x for n in negs for x in (negatives if n == "{defaults}" else (n,))))
+        for label, negs in (variants or [])]
     env = make_env(env_id)
     env.reset(seed=seed)
     first_mission = getattr(env.unwrapped, "mission", None) or env_id
@@ -873,7 +875,7 @@ def reward_pr_curves(env_id: str, models: list[str], n: int = 50, seed: int = PR
     y = np.concatenate(truth)
     result = {"env_id": env_id, "episodes_per_policy": n, "seeds": [seed, seed + n - 1], "frames": int(len(y)),
               "positives": int(y.sum()), "positive_rate": float(y.mean()), "template": template,
-              "negatives": list(negatives), "add_negatives": list(add_negatives or []), "temperature": temperature,
+              "negatives": list(negatives), "temperature": temperature,
               "threshold": threshold,
               "unit": "frame (after each step); done = the environment's success at that step", "models": [],
               "program": None}

@@ -274,25 +274,29 @@ def test_pr_curves_with_added_negatives(trained, tmp_path):
 
     out, _ = trained
     negation = "a top-down view of a grid world where the agent has not completed the task: {mission}"
-    r = reward_pr_curves(KC, [str(out)], n=1, labels=["tiny"], progress=False, add_negatives=(negation,),
-                         add_label="+ negation")
-    base, more = r["models"]
-    assert (base["label"], more["label"]) == ("tiny", "tiny + negation")
-    assert more["negatives"] == base["negatives"] + [negation] and "cos_goal" in base and "cos_goal" not in more
+    r = reward_pr_curves(KC, [str(out)], n=1, labels=["tiny"], progress=False,
+                         variants=[("+ negation", ("{defaults}", negation)), ("negation only", (negation,))])
+    base, more, only = r["models"]
+    assert (base["label"], more["label"], only["label"]) == ("tiny", "tiny + negation", "tiny negation only")
+    assert more["negatives"] == base["negatives"] + [negation] and only["negatives"] == [negation]
+    assert "cos_goal" in base and "cos_goal" not in more
     assert more["p_goal_mean_positive"] <= base["p_goal_mean_positive"] + 1e-12
     assert more["p_goal_mean_negative"] <= base["p_goal_mean_negative"] + 1e-12
-    assert r["add_negatives"] == [negation]
+    assert more["p_goal_mean_positive"] <= only["p_goal_mean_positive"] + 1e-12
     # the benchmark script: replaced negatives, a bad flag
     fig = tmp_path / "pr.png"
     cmd = [sys.executable, "benchmarks/clip_pr_curves.py", "--env-id", KC, "--models", str(out), "--n", "1",
-           "--negatives", "open the door", "--add-negatives", negation, "--out", str(fig), "--json",
+           "--negatives", "open the door", "--variant", "+ negation", "{defaults}", negation, "--out", str(fig), "--json",
            str(tmp_path / "pr.json"), "--threads", "1"]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).parent.parent, timeout=300)
     assert done.returncode == 0, done.stderr
     res = json.loads((tmp_path / "pr.json").read_text())
     assert res["negatives"] == ["open the door"] and [m["negatives"] for m in res["models"]] == [
         ["open the door"], ["open the door", negation]]
-    assert fig.exists() and "+ added negatives" in done.stdout
+    assert fig.exists() and "+ negation" in done.stdout
     bad = subprocess.run(cmd[:-6] + ["--negatives", "", "--out", str(fig)], capture_output=True, text=True,
                          cwd=Path(__file__).parent.parent, timeout=300)
     assert bad.returncode == 2 and "negative" in bad.stderr
+    bad = subprocess.run(cmd[:-6] + ["--variant", "lonely-label", "--out", str(fig)], capture_output=True, text=True,
+                         cwd=Path(__file__).parent.parent, timeout=300)
+    assert bad.returncode == 2 and "--variant needs a label and at least one negative" in bad.stderr
