@@ -207,3 +207,29 @@ def test_step_axis_labels_are_short():
     from cleanrl_vlmcar.compare import _steps_label
 
     assert [_steps_label(x) for x in (0, 500, 25000, 125000, 1e6, 1.5e6)] == ["0", "500", "25k", "125k", "1M", "1.5M"]
+
+
+def test_clip_runs_table_reads_what_the_agent_was_paid(tmp_path):
+    """benchmarks/clip_runs_table.py: per run the env's success and the CLIP reward's own numbers; only clip runs of
+    the env; a clear error when there are none."""
+    env = "MiniGrid-KeyCorridorS3R1-v0"
+    for seed, paid in ((1, 270.0), (2, 1.0)):
+        write_run(tmp_path, env, "clip", seed, {SUCCESS: [(10_000, 0.5), (30_000, 0.2), (40_000, 0.1)],
+                                                 "charts/shaped_return": [(10_000, 0.0), (30_000, paid)],
+                                                 "clip/rewarded_fraction": [(30_000, 0.7), (40_000, 0.4)]},
+                  exp_name="ppo_vlmcar_clip_x")
+    write_run(tmp_path, env, "vlmcar", 1, {SUCCESS: [(30_000, 1.0)]})
+    out = tmp_path / "rows.json"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "clip_runs_table.py"), str(tmp_path), "--env-id", env,
+           "--json", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(out.read_text())
+    assert [(r["variant"], r["seed"]) for r in rows] == [("ppo_vlmcar_clip_x", 1), ("ppo_vlmcar_clip_x", 2)]
+    r = rows[0]
+    assert r["final_success"] == pytest.approx(0.1) and r["best_success"] == pytest.approx(0.2)  # 0.5 is before 20k
+    assert r["best_clip_return"] == 270.0 and r["rewarded_fraction_max"] == pytest.approx(0.7)
+    assert r["rewarded_fraction_end"] == pytest.approx(0.4) and r["episodes_ended_by_clip"] is None
+    assert "| ppo_vlmcar_clip_x | 2 | 0.10 ± 0.00 | 0.20 ± 0.00 |" in done.stdout
+    bad = subprocess.run(cmd[:3] + ["--env-id", "MiniGrid-Empty-5x5-v0"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "no --reward clip runs of MiniGrid-Empty-5x5-v0" in bad.stderr
