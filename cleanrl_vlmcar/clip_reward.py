@@ -482,9 +482,12 @@ class ClipTerm(RewardTerm):
             self._by_mission[mission] = self.clip.for_mission(mission)
         return self._by_mission[mission]
 
-    def clip_rewards(self) -> tuple[np.ndarray, np.ndarray]:
-        """CLIP rewards and p(goal) of every env's current frame."""
-        views = [a.step() for a in self.adapters_pixels]
+    def clip_rewards(self, reset=None) -> tuple[np.ndarray, np.ndarray]:
+        """CLIP rewards and p(goal) of every env's current frame; `reset[i]`: env i was reset by this step (next-step
+        autoreset), so its pixels view starts over from the new episode's full frame (the view draws incrementally:
+        stepping it across a reset would keep the old episode's layout on the cells it does not redraw)."""
+        reset = [False] * self.num_envs if reset is None else reset
+        views = [a.reset() if r else a.step() for a, r in zip(self.adapters_pixels, reset)]
         x = self.clip.embed_frames(np.stack([v["rgb"] for v in views]))  # one batched forward pass
         missions = [_mission_of(v, env) for v, env in zip(views, self.envs.envs)]
         rewards, p_goal = np.zeros(self.num_envs), np.zeros(self.num_envs)
@@ -495,7 +498,7 @@ class ClipTerm(RewardTerm):
         return rewards, p_goal
 
     def send(self, step) -> None:
-        rewards, p_goal = self.clip_rewards()
+        rewards, p_goal = self.clip_rewards(step.autoreset)
         self._p_goal.append(p_goal)
         self._rewards.append(rewards)
         self._calls += 1
@@ -510,6 +513,8 @@ class ClipTerm(RewardTerm):
 
     def reset(self, obs, infos) -> None:
         self._queue.clear()
+        for a in self.adapters_pixels:  # every env starts a new episode: its view starts from the full frame
+            a.reset()
 
     def collect(self, step) -> list[float]:
         values, self._forced = self._queue.popleft()

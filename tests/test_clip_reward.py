@@ -320,3 +320,36 @@ def test_truncated_texts_warn(tiny_clip_dir):
     # the tiny tokenizer is character-level with a 256-token context
     with pytest.warns(UserWarning, match="truncated"):
         ClipReward(_cfg(tiny_clip_dir), mission="pick up the purple ball " * 12)
+
+
+@pytest.mark.slow
+def test_clip_hook_scores_each_envs_true_frame_across_resets(tiny_clip_dir):
+    """The frames the CLIP reward embeds are the envs' own full frames at every step, also after an episode ends and
+    the env starts a new layout (the pixels view draws incrementally; it must start over at each reset)."""
+    import types
+
+    import gymnasium as gym
+    import minigrid  # noqa: F401
+
+    from cleanrl_vlmcar.rewards import make_reward_hook
+
+    envs = gym.vector.SyncVectorEnv([lambda: gym.wrappers.RecordEpisodeStatistics(
+        gym.make("MiniGrid-KeyCorridorS3R1-v0", max_episode_steps=3)) for _ in range(2)])
+    args = types.SimpleNamespace(reward="clip", clip_model=str(tiny_clip_dir), clip_negatives=None,
+                                 clip_template=None, clip_end_episode=False)
+    obs, infos = envs.reset(seed=0)
+    hook = make_reward_hook(envs, args, None, infos, obs)
+    (term,) = hook.terms
+    seen = []
+    real = term.clip.embed_frames
+    term.clip.embed_frames = lambda frames: (seen.append(np.array(frames)), real(frames))[1]
+    rng = np.random.default_rng(0)
+    resets = 0
+    for _ in range(12):  # episodes of 3 steps: several resets per env, each to a new layout
+        obs, reward, term_, trunc, infos = envs.step(rng.integers(0, 3, size=2))
+        hook.step(reward, term_, trunc, infos, obs=obs)
+        truth = np.stack([e.unwrapped.get_frame(highlight=False, tile_size=16) for e in envs.envs])
+        np.testing.assert_array_equal(seen[-1], truth)
+        resets += int(np.logical_or(term_, trunc).sum())
+    assert resets >= 4
+    envs.close()
