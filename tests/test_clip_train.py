@@ -300,3 +300,50 @@ def test_pr_curves_with_added_negatives(trained, tmp_path):
     bad = subprocess.run(cmd[:-6] + ["--variant", "lonely-label", "--out", str(fig)], capture_output=True, text=True,
                          cwd=Path(__file__).parent.parent, timeout=300)
     assert bad.returncode == 2 and "--variant needs a label and at least one negative" in bad.stderr
+
+
+@pytest.mark.slow
+def test_clip_state_sweep_covers_the_layouts_states(tiny_clip, tmp_path):
+    """benchmarks/clip_state_sweep.py: every constructed state of a KeyCorridor layout, rendered as the pixels view
+    renders it, with the success states exactly those where the agent carries the mission's object."""
+    import subprocess
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
+    try:
+        from clip_state_sweep import layout_states
+    finally:
+        sys.path.pop(0)
+    from cleanrl_vlmcar.trajectories import make_env
+
+    env = make_env(KC)
+    states, mission = layout_states(env, 5)
+    env.reset(seed=5)
+    assert mission == env.unwrapped.mission
+    frames = np.stack([f for f, _, _ in states])
+    assert frames.shape[1:] == env.unwrapped.get_frame(highlight=False, tile_size=16).shape
+    assert len({f.tobytes() for f in frames}) == len(frames)  # every state looks different
+    groups = {g for _, _, g in states}
+    assert "carrying key, key carried, door locked" in groups and not any(
+        g.startswith("carrying object") and g.endswith("door locked") for g in groups)
+    assert all(y == g.startswith("carrying object") for _, y, g in states)
+    # the layout is left as it was: the start frame renders again
+    np.testing.assert_array_equal(env.unwrapped.get_frame(highlight=False, tile_size=16), _frame_at(KC, 5))
+    out = tmp_path / "sweep.json"
+    cmd = [sys.executable, "benchmarks/clip_state_sweep.py", "--clip-model", tiny_clip, "--layouts", "2", "--json",
+           str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).parent.parent, timeout=300)
+    assert done.returncode == 0, done.stderr
+    r = json.loads(out.read_text())
+    assert r["states"] == sum(g["states"] for g in r["groups"].values()) and r["success_states"] > 0
+    bad = subprocess.run(cmd[:2] + ["--env-id", "MiniGrid-Empty-5x5-v0", "--clip-model", tiny_clip], text=True,
+                         capture_output=True, cwd=Path(__file__).parent.parent, timeout=300)
+    assert bad.returncode == 2 and "no key or locked door" in bad.stderr
+
+
+def _frame_at(env_id, seed):
+    from cleanrl_vlmcar.trajectories import make_env
+
+    e = make_env(env_id)
+    e.reset(seed=seed)
+    return e.unwrapped.get_frame(highlight=False, tile_size=16)
