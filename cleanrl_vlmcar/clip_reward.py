@@ -441,7 +441,9 @@ class ClipTerm(RewardTerm):
     Frames come from the `pixels` view of each sub-environment and are embedded in one batched forward pass in `send`
     (the envs are at that step then); text embeddings are computed once per distinct mission. Logs
     `clip/p_goal_mean`, `clip/p_goal_max` and `clip/rewarded_fraction` (binary) or `clip/reward_mean` every
-    LOG_EVERY vector steps.
+    LOG_EVERY vector steps, and in binary mode `clip/paid_before_env_end`, how many frames so far CLIP paid on a step
+    that did not end the environment's episode (in MiniGrid, which ends episodes at success: its false positives,
+    and the episodes `--clip-end-episode` would end).
 
     With `end_episode` (binary mode), an episode ends when the CLIP reward fires, as in Baumli et al.: the step is
     reported to the learner as a termination (the caller's `terminations` array is set for that env, which the
@@ -467,6 +469,7 @@ class ClipTerm(RewardTerm):
         if end_episode and not hasattr(envs, "_autoreset_envs"):
             raise UsageError("--clip-end-episode needs gymnasium 1.x's SyncVectorEnv (it marks the env for reset)")
         self.end_episode, self.episodes_ended = end_episode, 0
+        self.paid_before_env_end = 0  # frames the CLIP reward paid on a step that did not end the env's episode
         self.config, self.envs, self.num_envs = config, envs, envs.num_envs
         self.adapters_pixels = [make_view(env, "pixels") for env in envs.envs]
         self.clip = ClipReward(config, _mission_of(self.adapters_pixels[0].reset(), envs.envs[0]))
@@ -503,8 +506,9 @@ class ClipTerm(RewardTerm):
         self._rewards.append(rewards)
         self._calls += 1
         forced = []
+        done = np.logical_or(step.terminations, step.truncations)
+        self.paid_before_env_end += int(np.sum((rewards > 0) & ~done & ~np.asarray(step.autoreset, dtype=bool)))
         if self.end_episode:
-            done = np.logical_or(step.terminations, step.truncations)
             forced = [i for i in range(self.num_envs) if rewards[i] > 0 and not done[i] and not step.autoreset[i]]
             for i in forced:
                 step.terminations[i] = True  # the learner sees the episode end here
@@ -528,6 +532,8 @@ class ClipTerm(RewardTerm):
             writer.add_scalar("clip/p_goal_max", float(p.max()), hook.global_step)
             name = "clip/rewarded_fraction" if self.config.mode == "binary" else "clip/reward_mean"
             writer.add_scalar(name, float(np.concatenate(self._rewards).mean()), hook.global_step)
+            if self.config.mode == "binary":  # cumulative: CLIP paid a frame where the env did not end the episode
+                writer.add_scalar("clip/paid_before_env_end", self.paid_before_env_end, hook.global_step)
             self._p_goal, self._rewards = [], []
         if self._forced:
             self.episodes_ended += len(self._forced)

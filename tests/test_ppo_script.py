@@ -157,7 +157,11 @@ def test_clip_reward_variant(tmp_path, tiny_clip):
     assert r.returncode == 0, r.stderr[-3000:]
     run_dir = only_run(tmp_path)
     assert "-clip__" in run_dir.name
-    assert_every_frame_rewarded(scalars(run_dir))
+    tags = scalars(run_dir)
+    assert_every_frame_rewarded(tags)
+    # every frame is paid, and few of the 1024 frames end an episode: counted up to nearly all of them
+    paid = tags["clip/paid_before_env_end"]
+    assert paid == sorted(paid) and 0.9 * 1024 <= paid[-1] < 1024
 
 
 def test_clip_missing_checkpoint_is_clear(tmp_path):
@@ -176,6 +180,7 @@ def test_clip_end_episode(tmp_path, tiny_clip):
     lengths = tags["charts/episodic_length"]
     assert len(lengths) >= 100 and set(lengths) == {1.0}
     assert tags["clip/episodes_ended"][-1] == len(lengths)
+    assert 0 < tags["clip/paid_before_env_end"][-1] <= len(lengths)  # each one ended an episode here
     assert tags["charts/success_rate"][-1] == 0.0  # ending on CLIP's word is not the env's success
 
 
